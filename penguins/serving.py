@@ -1,0 +1,228 @@
+"""What the service answers besides predictions (listing, reload report, errors), and the ASGI gateway that
+guards its routes before BentoML parses a byte."""
+
+from __future__ import annotations
+
+import hmac
+import json
+from collections.abc import Callable
+from functools import cache
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from penguins.settings import Settings, get_settings
+from penguins.store import Change, Failure, LoadedModel, Registry, Snapshot, default_store_dir, endpoint_name
+
+TRAIN_HINT = "train one (python train.py) and call reload"
+
+
+@cache
+def get_registry() -> Registry:
+    """The worker's one registry, made on first use (never at import)."""
+    return Registry(default_store_dir(), compiled=get_settings().compiled)
+
+
+class FailureInfo(BaseModel):
+    name: str
+    tag: str | None
+    reason: str
+
+
+class ModelInfo(BaseModel):
+    name: str
+    tag: str
+    algorithm: str
+    default: bool = Field(description="Used by classify when no model is named")
+    route: str | None = Field(description="Its own endpoint, or null when it was first saved after start-up")
+    predictor: str = Field(description="onnx (compiled at save time) or sklearn")
+    trained_at: str | None
+    metrics: dict[str, Any]
+
+
+class ModelListing(BaseModel):
+    default: str | None
+    models: list[ModelInfo]
+    failures: list[FailureInfo]
+
+
+class ReloadReport(BaseModel):
+    added: list[str]
+    updated: list[dict[str, str]]
+    removed: list[str]
+    failed: list[FailureInfo]
+    serving: list[str]
+    default: str | None
+
+
+METRIC_KEYS = (
+    "cv_accuracy_mean",
+    "cv_accuracy_std",
+    "test_accuracy",
+    "macro_f1",
+    "confusion_matrix",
+    "classes",
+)
+
+
+def failures(items: tuple[Failure, ...] | list[Failure]) -> list[FailureInfo]:
+    return [FailureInfo(name=f.name, tag=f.tag, reason=f.reason) for f in items]
+
+
+def listing(snapshot: Snapshot, routes: dict[str, str]) -> ModelListing:
+    best = snapshot.best()
+
+    def info(model: LoadedModel) -> ModelInfo:
+        return ModelInfo(
+            name=model.name,
+            tag=model.tag,
+            algorithm=model.algorithm,
+            default=model is best,
+            route=routes.get(model.name),
+            predictor=model.predictor.kind,
+            trained_at=model.metadata.get("trained_at"),
+            metrics={k: model.metadata[k] for k in METRIC_KEYS if k in model.metadata},
+        )
+
+    return ModelListing(
+        default=best.tag if best else None,
+        models=[info(m) for m in snapshot.models.values()],
+        failures=failures(snapshot.failures),
+    )
+
+
+def report(change: Change, snapshot: Snapshot) -> ReloadReport:
+    best = snapshot.best()
+    return ReloadReport(
+        added=change.added,
+        updated=change.updated,
+        removed=change.removed,
+        failed=failures(change.failed),
+        serving=change.serving,
+        default=best.tag if best else None,
+    )
+
+
+def error_body(status: int, message: str, **extra: Any) -> tuple[int, bytes]:
+    return status, json.dumps({"error": message, **extra}).encode()
+
+
+def resolve(snapshot: Snapshot, requested: str | None) -> LoadedModel | tuple[int, bytes]:
+    """The model a request asked for (name, algorithm or exact tag), the default one, or an error body."""
+    if not snapshot.models:
+        return error_body(503, f"no penguin model is loaded: {TRAIN_HINT}")
+    if requested is None:
+        return snapshot.best()  # type: ignore[return-value]
+    name, _, version = requested.partition(":")
+    for model in snapshot.models.values():
+        if name in (model.name, model.algorithm) and (not version or model.tag == f"{model.name}:{version}"):
+            return model
+    return error_body(
+        404,
+        f"model {requested!r} is not served",
+        field="model",
+        allowed=[m.name for m in snapshot.models.values()],
+        served_tags=[m.tag for m in snapshot.models.values()],
+    )
+
+
+def typed_routes(algorithms: list[str]) -> dict[str, str]:
+    """Model name -> its own route, for the algorithms given endpoints at start-up."""
+    from penguins.store import model_name
+
+    return {model_name(a): f"/{endpoint_name(a)}" for a in algorithms}
+
+
+class Gateway:
+    """Pure ASGI middleware in front of BentoML's routes.
+
+    - catches the worker up with a reload another worker did (one stat() per request otherwise);
+    - refuses bodies over the configured size from Content-Length, and while streaming, before parsing;
+    - answers 503 on a per-model route whose model is not loaded (the batched endpoint itself cannot answer one
+      request of a batch with an error of its own);
+    - requires the admin bearer token, when configured, on state-changing routes.
+    """
+
+    def __init__(
+        self,
+        app: Callable[..., Any],
+        model_routes: dict[str, str],
+        admin_routes: tuple[str, ...] = ("/reload",),
+        settings: Settings | None = None,
+    ):
+        self.app = app
+        self.route_models = {route: name for name, route in model_routes.items()}
+        self.admin_routes = admin_routes
+        self.settings = settings or get_settings()
+        token = self.settings.admin_token
+        self.token = token.get_secret_value().encode() if token else None
+
+    async def __call__(
+        self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]
+    ) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path: str = scope["path"]
+        headers = dict(scope["headers"])
+
+        if self.token is not None and path in self.admin_routes:
+            supplied = headers.get(b"authorization", b"")
+            if not hmac.compare_digest(supplied, b"Bearer " + self.token):
+                return await _respond(
+                    send,
+                    *error_body(401, "reload needs the admin bearer token"),
+                    extra_headers=[(b"www-authenticate", b"Bearer")],
+                )
+
+        limit = self.settings.max_body_bytes
+        declared = headers.get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            return await _respond(
+                send, *error_body(413, f"request body over {limit} bytes", limit_bytes=limit)
+            )
+
+        registry = get_registry()
+        if registry.is_stale():
+            import anyio
+
+            await anyio.to_thread.run_sync(registry.sync)
+
+        name = self.route_models.get(path)
+        if name is not None and name not in registry.snapshot.models:
+            return await _respond(
+                send, *error_body(503, f"model {name} is not loaded: {TRAIN_HINT}", model=name)
+            )
+
+        if declared is None and scope.get("method") == "POST":
+            receive = _limited(receive, limit)
+        try:
+            await self.app(scope, receive, send)
+        except _BodyTooLarge:
+            await _respond(send, *error_body(413, f"request body over {limit} bytes", limit_bytes=limit))
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+def _limited(receive: Callable[..., Any], limit: int) -> Callable[..., Any]:
+    seen = 0
+
+    async def guarded() -> dict[str, Any]:
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise _BodyTooLarge
+        return message
+
+    return guarded
+
+
+async def _respond(
+    send: Callable[..., Any], status: int, body: bytes, extra_headers: list | None = None
+) -> None:
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers + (extra_headers or [])})
+    await send({"type": "http.response.body", "body": body})

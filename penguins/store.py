@@ -1,0 +1,266 @@
+"""The BentoML model store as the service sees it: a tolerant scan, models loaded once and cached by tag,
+and a registry that reloads on request and keeps every worker of a server on the same generation."""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from penguins.contract import Penguin, Prediction
+from penguins.predict import OnnxPredictor, Predictor, SklearnPredictor, columns_of
+
+PROJECT = "palmer-penguins"
+MODEL_PREFIX = "penguins-"
+# Written by a reload, watched by every worker (and every server) that serves the same store.
+RELOAD_MARKER = "penguins-reload"
+
+
+def model_name(algorithm: str) -> str:
+    return f"{MODEL_PREFIX}{algorithm}"
+
+
+def labels_for(algorithm: str) -> dict[str, str]:
+    """Labels that tell this project's models from anything else in a user's store."""
+    return {"project": PROJECT, "algorithm": algorithm}
+
+
+def endpoint_name(algorithm: str) -> str:
+    """`random-forest` -> `classify_random_forest`: a Python identifier, so the client can call it."""
+    return "classify_" + re.sub(r"\W", "_", algorithm)
+
+
+def default_store_dir() -> Path:
+    """BentoML's own model store: $BENTOML_HOME/models."""
+    from bentoml._internal.configuration.containers import BentoMLContainer
+
+    return Path(BentoMLContainer.model_store_dir.get())
+
+
+@dataclass(frozen=True)
+class Failure:
+    name: str
+    reason: str
+    tag: str | None = None
+
+
+@dataclass(frozen=True)
+class StoredModel:
+    """A penguin model's newest version in the store, read from its model.yaml, not loaded yet."""
+
+    name: str
+    tag: str
+    algorithm: str
+    path: Path
+
+
+def scan(store_dir: Path) -> tuple[list[StoredModel], list[Failure]]:
+    """Find this project's models without trusting the store to be clean.
+
+    BentoML's own `bentoml.models.list()` raises on the first odd entry (a half-written model, a
+    `.ipynb_checkpoints` or `lost+found` folder); here each entry stands alone. Folders that cannot be model names
+    are ignored; a model that cannot be read is reported as a failure.
+    """
+    from bentoml._internal.models.model import Model
+
+    found: list[StoredModel] = []
+    failures: list[Failure] = []
+    try:
+        entries = sorted(store_dir.iterdir())
+    except OSError:
+        return found, failures  # no store yet, or it is gone for now: nothing to serve from it
+    for entry in entries:
+        name = entry.name
+        if name.startswith(".") or not re.fullmatch(r"[a-z0-9][a-z0-9._-]*", name) or not entry.is_dir():
+            continue
+        try:
+            version = _latest_version(entry)
+            model = Model.from_path(entry / version)
+        except Exception as error:
+            if name.startswith(MODEL_PREFIX):  # only our own names are worth a report
+                failures.append(Failure(name, _reason(error)))
+            continue
+        labels = model.info.labels
+        if labels.get("project") != PROJECT:
+            continue
+        algorithm = labels.get("algorithm") or name.removeprefix(MODEL_PREFIX)
+        found.append(StoredModel(name, str(model.tag), algorithm, entry / version))
+    return found, failures
+
+
+def _latest_version(model_dir: Path) -> str:
+    """The version BentoML calls latest; BentoML writes the `latest` file only after a save completed."""
+    latest = model_dir / "latest"
+    if latest.is_file():
+        version = latest.read_text().strip()
+        if version and (model_dir / version).is_dir():
+            return version
+    raise FileNotFoundError(f"{model_dir.name} has no complete version (no valid 'latest' file)")
+
+
+def _reason(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    name: str
+    tag: str
+    algorithm: str
+    metadata: dict[str, Any]
+    predictor: Predictor
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return self.predictor.classes
+
+    @property
+    def cv_accuracy(self) -> float:
+        return float(self.metadata.get("cv_accuracy_mean", 0.0))
+
+    def predict(self, penguins: Sequence[Penguin]) -> list[Prediction]:
+        labels, probabilities = self.predictor.predict(columns_of(penguins))
+        classes = self.classes
+        rows = np.asarray(probabilities, dtype=np.float64).tolist()
+        # model_construct: values come straight from the model, already of the contract's types.
+        return [
+            Prediction.model_construct(
+                species=str(label), probabilities=dict(zip(classes, row, strict=True)), model=self.tag
+            )
+            for label, row in zip(labels.tolist() if hasattr(labels, "tolist") else labels, rows, strict=True)
+        ]
+
+
+def load(stored: StoredModel, compiled: bool = True) -> LoadedModel:
+    """Read one model from disk: the ONNX form when it was saved with one (and wanted), else the pipeline."""
+    import bentoml
+    from bentoml._internal.models.model import Model
+
+    model = Model.from_path(stored.path)
+    metadata = dict(model.info.metadata)
+    onnx_bytes = model.custom_objects.get("onnx") if compiled else None
+    pipeline = bentoml.sklearn.load_model(model)
+    predictor: Predictor
+    if onnx_bytes:
+        predictor = OnnxPredictor(onnx_bytes, [str(c) for c in pipeline.classes_])
+    else:
+        predictor = SklearnPredictor(pipeline)
+    return LoadedModel(stored.name, stored.tag, stored.algorithm, metadata, predictor)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What one worker serves: replaced whole on reload, so a request keeps the models it started with."""
+
+    models: dict[str, LoadedModel] = field(default_factory=dict)
+    failures: tuple[Failure, ...] = ()
+
+    def best(self) -> LoadedModel | None:
+        """The default model: highest cross-validated accuracy (ties broken by name)."""
+        if not self.models:
+            return None
+        return max(self.models.values(), key=lambda m: (m.cv_accuracy, m.name))
+
+
+@dataclass(frozen=True)
+class Change:
+    added: list[str]
+    updated: list[dict[str, str]]
+    removed: list[str]
+    failed: list[Failure]
+    serving: list[str]
+
+
+class Registry:
+    """The loaded models of one worker process, cached by tag."""
+
+    def __init__(self, store_dir: Path, compiled: bool = True):
+        self.store_dir = Path(store_dir)
+        self.compiled = compiled
+        self.marker = self.store_dir.parent / RELOAD_MARKER
+        self._lock = threading.Lock()
+        self._snapshot = Snapshot()
+        self._seen: tuple[int, int] | None = None
+        self._loaded_once = False
+        self.retired: dict[str, LoadedModel] = {}
+
+    @property
+    def snapshot(self) -> Snapshot:
+        return self._snapshot
+
+    def reload(self) -> Change:
+        """Re-read the store now, then tell the other workers to do the same."""
+        with self._lock:
+            change = self._refresh()
+            self._seen = self._touch_marker()
+        return change
+
+    def is_stale(self) -> bool:
+        """True when never loaded or another worker reloaded since: one stat() call."""
+        return not self._loaded_once or self._marker_state() != self._seen
+
+    def sync(self) -> Snapshot:
+        """Catch up with a reload another worker did."""
+        if self.is_stale():
+            with self._lock:
+                state = self._marker_state()
+                if not self._loaded_once or state != self._seen:
+                    self._refresh()
+                    self._seen = state
+        return self._snapshot
+
+    def _refresh(self) -> Change:
+        stored, failures = scan(self.store_dir)
+        current = self._snapshot.models
+        models: dict[str, LoadedModel] = {}
+        for entry in stored:
+            cached = current.get(entry.name)
+            if cached is not None and cached.tag == entry.tag:
+                models[entry.name] = cached
+                continue
+            try:
+                models[entry.name] = load(entry, self.compiled)
+            except Exception as error:
+                failures.append(Failure(entry.name, _reason(error), entry.tag))
+                if cached is not None:  # a broken new version must not take down the one that works
+                    models[entry.name] = cached
+        # Kept for a batch that was queued before its model was removed (it still finishes on it).
+        self.retired = {n: m for n, m in current.items() if n not in models}
+        self._snapshot = Snapshot(dict(sorted(models.items())), tuple(failures))
+        self._loaded_once = True
+        return Change(
+            added=[m.tag for n, m in models.items() if n not in current],
+            updated=[
+                {"name": n, "from": current[n].tag, "to": m.tag}
+                for n, m in models.items()
+                if n in current and current[n].tag != m.tag
+            ],
+            removed=[m.tag for n, m in current.items() if n not in models],
+            failed=failures,
+            serving=[m.tag for m in models.values()],
+        )
+
+    def _marker_state(self) -> tuple[int, int] | None:
+        try:
+            stat = os.stat(self.marker)
+        except OSError:
+            return None
+        return stat.st_ino, stat.st_mtime_ns
+
+    def _touch_marker(self) -> tuple[int, int] | None:
+        # Write-then-rename: a new inode each time, so a reader never misses a change within one mtime tick.
+        try:
+            self.marker.parent.mkdir(parents=True, exist_ok=True)
+            temporary = self.marker.with_name(f".{RELOAD_MARKER}.{uuid.uuid4().hex}")
+            temporary.write_text(uuid.uuid4().hex)
+            os.replace(temporary, self.marker)
+        except OSError:
+            return None  # read-only home: this worker still reloaded; others catch up on their own reload
+        return self._marker_state()

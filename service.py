@@ -1,0 +1,111 @@
+"""The BentoML service: one typed endpoint per penguin model, a generic classify, the listing and reload.
+
+A thin shell: the models, the store and the rules live in the `penguins` package.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import bentoml
+from bentoml.validators import ContentType
+from pydantic import Field
+from starlette.responses import Response
+
+from penguins.contract import Penguin, Prediction
+from penguins.serving import (
+    Gateway,
+    ModelListing,
+    ReloadReport,
+    get_registry,
+    listing,
+    report,
+    resolve,
+    typed_routes,
+)
+from penguins.settings import get_settings
+from penguins.store import default_store_dir, endpoint_name, model_name, scan
+from penguins.training import ALGORITHMS
+
+settings = get_settings()
+
+Penguins = Annotated[
+    list[Penguin], Field(min_length=1, max_length=settings.max_penguins, description="Penguins to classify")
+]
+# An explicit media type: without it BentoML 1.4.39 rebuilds the JSON schema of a list output on every response
+# just to find out it is JSON (~20% of a small request's CPU).
+Predictions = Annotated[list[Prediction], ContentType("application/json")]
+
+# Routes are fixed when the service is declared: one per known algorithm and per model already in the store.
+# A model first saved later is served by `classify(model=...)` at once and gets its own route on restart.
+ALGORITHMS_WITH_ROUTES = sorted(set(ALGORITHMS) | {m.algorithm for m in scan(default_store_dir())[0]})
+ROUTES = typed_routes(ALGORITHMS_WITH_ROUTES)
+
+
+def _json(status_and_body: tuple[int, bytes]) -> Response:
+    status, body = status_and_body
+    return Response(body, status_code=status, media_type="application/json")
+
+
+class PenguinClassifier:
+    def __init__(self) -> None:
+        self.registry = get_registry()
+        self.registry.sync()
+
+    def __is_ready__(self) -> bool:
+        return bool(self.registry.sync().models)
+
+    @bentoml.api
+    def classify(self, penguins: Penguins, model: str | None = None) -> Predictions:
+        """Classify penguins with the named model, or with the best one by cross-validated accuracy."""
+        chosen = resolve(self.registry.sync(), model)
+        if isinstance(chosen, tuple):
+            return _json(chosen)
+        return chosen.predict(penguins)
+
+    @bentoml.api
+    def models(self) -> ModelListing:
+        """List the served models with their metrics and routes, and the store entries that failed to load."""
+        return listing(self.registry.sync(), ROUTES)
+
+    @bentoml.api
+    def reload(self) -> ReloadReport:
+        """Re-read the model store now, in every worker; report what was added, updated, removed or failed."""
+        change = self.registry.reload()
+        return report(change, self.registry.snapshot)
+
+
+def _typed_endpoint(algorithm: str):
+    name = model_name(algorithm)
+
+    def endpoint(self: PenguinClassifier, penguins: Penguins) -> Predictions:
+        # The gateway answered 503 already if the model is missing; `retired` covers a batch queued before a
+        # reload removed it.
+        registry = self.registry
+        loaded = registry.snapshot.models.get(name) or registry.retired[name]
+        return loaded.predict(penguins)
+
+    endpoint.__name__ = endpoint.__qualname__ = endpoint_name(algorithm)
+    endpoint.__doc__ = f"Classify penguins with the {algorithm} model ({name})."
+    return bentoml.api(
+        endpoint,
+        route=f"/{endpoint.__name__}",
+        batchable=settings.batching,
+        max_batch_size=settings.max_batch_size,
+        max_latency_ms=settings.max_latency_ms,
+    )
+
+
+for _algorithm in ALGORITHMS_WITH_ROUTES:
+    setattr(PenguinClassifier, endpoint_name(_algorithm), _typed_endpoint(_algorithm))
+
+PenguinClassifier = bentoml.service(
+    name="penguin_classifier",
+    workers=settings.workers,
+    threads=settings.threads,
+    traffic={"timeout": 60},
+    http={"cors": {"enabled": True, "access_control_allow_origins": settings.cors_origins}}
+    if settings.cors_origins
+    else {},
+)(PenguinClassifier)
+PenguinClassifier.add_asgi_middleware(Gateway, model_routes=ROUTES)
