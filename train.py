@@ -18,9 +18,7 @@ os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     from penguins.training import ALGORITHMS, DEFAULT_SEED
 
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--models",
         nargs="+",
@@ -31,9 +29,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="random seed (default: %(default)s)")
     parser.add_argument("--store", type=Path, help="BentoML home to save into (default: $BENTOML_HOME)")
-    parser.add_argument(
-        "--if-empty", action="store_true", help="do nothing when penguin models are stored already"
-    )
+    parser.add_argument("--if-empty", action="store_true", help="do nothing when penguin models are stored already")
     return parser.parse_args(argv)
 
 

@@ -48,9 +48,7 @@ def _canonical(vocabulary: tuple[str, ...]):
 def _measurement(upper: float, unit: str) -> Any:
     # Upper bounds sit well above anything recorded (max bill 59.6 mm, flipper 231 mm, mass 6300 g) and reject
     # unit mix-ups (kg, cm) and absurd values; NaN and infinity are refused.
-    return Field(
-        gt=0, le=upper, allow_inf_nan=False, description=f"{unit}, greater than 0 and at most {upper:g}"
-    )
+    return Field(gt=0, le=upper, allow_inf_nan=False, description=f"{unit}, greater than 0 and at most {upper:g}")
 
 
 class Penguin(BaseModel):

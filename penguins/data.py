@@ -34,7 +34,5 @@ def prepare(raw: pd.DataFrame) -> pd.DataFrame:
 
 def fingerprint(frame: pd.DataFrame) -> str:
     """SHA-256 of the rows' content in a canonical CSV form: same rows, same fingerprint."""
-    canonical = frame.loc[:, [*FEATURES, TARGET]].to_csv(
-        index=False, float_format="%.6g", lineterminator="\n"
-    )
+    canonical = frame.loc[:, [*FEATURES, TARGET]].to_csv(index=False, float_format="%.6g", lineterminator="\n")
     return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()

@@ -97,9 +97,7 @@ def compile_onnx(pipeline: Any) -> bytes:
     with warnings.catch_warnings():
         # skl2onnx reads attributes scikit-learn has deprecated (SVC.probA_); not ours to fix.
         warnings.simplefilter("ignore", FutureWarning)
-        model = to_onnx(
-            onnx_ready, initial_types=inputs, options={id(estimator): {"zipmap": False}}, target_opset=17
-        )
+        model = to_onnx(onnx_ready, initial_types=inputs, options={id(estimator): {"zipmap": False}}, target_opset=17)
     return model.SerializeToString()
 
 

@@ -157,9 +157,7 @@ class Gateway:
         token = self.settings.admin_token
         self.token = token.get_secret_value().encode() if token else None
 
-    async def __call__(
-        self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]
-    ) -> None:
+    async def __call__(self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         path: str = scope["path"]
@@ -177,9 +175,7 @@ class Gateway:
         limit = self.settings.max_body_bytes
         declared = headers.get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
-            return await _respond(
-                send, *error_body(413, f"request body over {limit} bytes", limit_bytes=limit)
-            )
+            return await _respond(send, *error_body(413, f"request body over {limit} bytes", limit_bytes=limit))
 
         registry = get_registry()
         if registry.is_stale():
@@ -189,9 +185,7 @@ class Gateway:
 
         name = self.route_models.get(path)
         if name is not None and name not in registry.snapshot.models:
-            return await _respond(
-                send, *error_body(503, f"model {name} is not loaded: {TRAIN_HINT}", model=name)
-            )
+            return await _respond(send, *error_body(503, f"model {name} is not loaded: {TRAIN_HINT}", model=name))
 
         if declared is None and scope.get("method") == "POST":
             receive = _limited(receive, limit)
@@ -220,9 +214,7 @@ def _limited(receive: Callable[..., Any], limit: int) -> Callable[..., Any]:
     return guarded
 
 
-async def _respond(
-    send: Callable[..., Any], status: int, body: bytes, extra_headers: list | None = None
-) -> None:
+async def _respond(send: Callable[..., Any], status: int, body: bytes, extra_headers: list | None = None) -> None:
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers + (extra_headers or [])})
     await send({"type": "http.response.body", "body": body})

@@ -13,9 +13,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PENGUINS_", frozen=True)
 
     # The model store is BentoML's own ($BENTOML_HOME/models); this only overrides where to look.
-    bentoml_home: Path | None = Field(
-        default=None, description="Override BENTOML_HOME for training and serving"
-    )
+    bentoml_home: Path | None = Field(default=None, description="Override BENTOML_HOME for training and serving")
     max_penguins: int = Field(default=10_000, ge=1, description="Most penguins accepted in one request")
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024, description="Largest request body accepted")
     workers: int = Field(default=1, ge=1)
@@ -23,9 +21,7 @@ class Settings(BaseSettings):
     batching: bool = Field(default=True, description="Adaptive batching on the per-model endpoints")
     max_batch_size: int = Field(default=64, ge=2)
     max_latency_ms: int = Field(default=20, ge=1)
-    compiled: bool = Field(
-        default=True, description="Serve the ONNX form of a model when it was saved with one"
-    )
+    compiled: bool = Field(default=True, description="Serve the ONNX form of a model when it was saved with one")
     admin_token: SecretStr | None = Field(default=None, description="Bearer token required by reload")
     cors_origins: list[str] = Field(default_factory=list)
     log_dir: Path | None = Field(default=None, description="Where prediction logs go; off when unset")

@@ -56,9 +56,7 @@ def build_pipeline(estimator: ClassifierMixin) -> Pipeline:
             ),
             (
                 "categorical",
-                make_pipeline(
-                    SimpleImputer(strategy="most_frequent"), OneHotEncoder(handle_unknown="ignore")
-                ),
+                make_pipeline(SimpleImputer(strategy="most_frequent"), OneHotEncoder(handle_unknown="ignore")),
                 list(CATEGORICAL_FEATURES),
             ),
         ]
@@ -85,9 +83,7 @@ def split(frame: pd.DataFrame, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     return train_test_split(frame, test_size=TEST_SIZE, stratify=frame[TARGET], random_state=seed)
 
 
-def train(
-    algorithm: str, frame: pd.DataFrame, seed: int = DEFAULT_SEED, compile: bool = True
-) -> TrainedModel:
+def train(algorithm: str, frame: pd.DataFrame, seed: int = DEFAULT_SEED, compile: bool = True) -> TrainedModel:
     """Cross-validate on the training part, fit on it, score on the held-out part, and compile to ONNX."""
     if algorithm not in ALGORITHMS:
         raise KeyError(f"unknown algorithm {algorithm!r}; choose from {', '.join(ALGORITHMS)}")
