@@ -54,7 +54,7 @@ def _measurement(upper: float, unit: str) -> Any:
 class Penguin(BaseModel):
     """One penguin's measurements, as recorded in the field."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [EXAMPLE_PENGUIN]})
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"example": EXAMPLE_PENGUIN})
 
     island: Annotated[Island, _canonical(ISLANDS)] = Field(description="Island where the penguin was seen")
     bill_length_mm: Annotated[float, _measurement(100, "Bill length in mm")]

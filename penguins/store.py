@@ -80,12 +80,13 @@ def scan(store_dir: Path) -> tuple[list[StoredModel], list[Failure]]:
         name = entry.name
         if name.startswith(".") or not re.fullmatch(r"[a-z0-9][a-z0-9._-]*", name) or not entry.is_dir():
             continue
+        version = None
         try:
             version = _latest_version(entry)
             model = Model.from_path(entry / version)
         except Exception as error:
             if name.startswith(MODEL_PREFIX):  # only our own names are worth a report
-                failures.append(Failure(name, _reason(error)))
+                failures.append(Failure(name, _reason(error), f"{name}:{version}" if version else None))
             continue
         labels = model.info.labels
         if labels.get("project") != PROJECT:
@@ -145,13 +146,19 @@ def load(stored: StoredModel, compiled: bool = True) -> LoadedModel:
 
     model = Model.from_path(stored.path)
     metadata = dict(model.info.metadata)
-    onnx_bytes = model.custom_objects.get("onnx") if compiled else None
-    pipeline = bentoml.sklearn.load_model(model)
-    predictor: Predictor
-    if onnx_bytes:
-        predictor = OnnxPredictor(onnx_bytes, [str(c) for c in pipeline.classes_])
-    else:
-        predictor = SklearnPredictor(pipeline)
+    try:
+        pipeline = bentoml.sklearn.load_model(model)
+        classes = [str(c) for c in pipeline.classes_]
+    except Exception as error:  # a pickle error says little by itself ("KeyError: 110")
+        raise ValueError(f"cannot unpickle the saved pipeline ({_reason(error)})") from error
+    predictor: Predictor = SklearnPredictor(pipeline)
+    if compiled:
+        try:
+            onnx_bytes = model.custom_objects.get("onnx")
+            if onnx_bytes:
+                predictor = OnnxPredictor(onnx_bytes, classes)
+        except Exception as error:
+            raise ValueError(f"cannot open the compiled ONNX form ({_reason(error)})") from error
     return LoadedModel(stored.name, stored.tag, stored.algorithm, metadata, predictor)
 
 

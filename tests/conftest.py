@@ -1,0 +1,63 @@
+"""Shared fixtures. BentoML reads BENTOML_HOME once, on first import, so the test store is set here, first."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+os.environ["BENTOML_DO_NOT_TRACK"] = "true"
+os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="penguins-tests-home-")
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="penguins-tests-prom-")
+
+import pytest  # noqa: E402
+
+from penguins.contract import EXAMPLE_PENGUIN, TARGET  # noqa: E402
+from penguins.data import load_penguins  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def frame():
+    return load_penguins()
+
+
+@pytest.fixture(scope="session")
+def small_frame(frame):
+    """Twenty penguins of each species: enough to fit every pipeline in well under a second."""
+    return frame.groupby(TARGET, group_keys=False).sample(n=20, random_state=0).reset_index(drop=True)
+
+
+@pytest.fixture(scope="session")
+def trained(frame):
+    """Every algorithm trained on the full data and saved into the session's store, once."""
+    from penguins.training import ALGORITHMS, save, train
+
+    return {algorithm: (model, save(model)) for algorithm in ALGORITHMS for model in [train(algorithm, frame)]}
+
+
+@pytest.fixture(scope="session")
+def store_dir(trained) -> Path:
+    return Path(os.environ["BENTOML_HOME"]) / "models"
+
+
+@pytest.fixture(scope="session")
+def svc(trained):
+    """The service class, imported only once the store holds every model (routes are declared at import)."""
+    import service
+
+    return service.PenguinClassifier
+
+
+@pytest.fixture(scope="session")
+def client(svc):
+    from starlette.testclient import TestClient
+
+    with TestClient(svc.to_asgi()) as test_client:
+        yield test_client
+
+
+@pytest.fixture
+def example():
+    return dict(EXAMPLE_PENGUIN)

@@ -1,0 +1,64 @@
+"""Start a real `bentoml serve` of this project on a free loopback port, and stop it."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_train(home: Path, *args: str) -> subprocess.CompletedProcess:
+    """The real CLI, in its own process, into the store under `home`."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), "--store", str(home), *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=True,
+    )
+
+
+@contextlib.contextmanager
+def serve(home: Path, log: Path, timeout: float = 90, **env: str) -> Iterator[str]:
+    """`bentoml serve service:PenguinClassifier` over the store under `home`; yields the base URL once live."""
+    port = free_port()
+    environment = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true", **env}
+    environment.pop("PROMETHEUS_MULTIPROC_DIR", None)  # the server manages its own
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "bentoml", "serve", "service:PenguinClassifier", "--host", "127.0.0.1",
+             "--port", str(port)],
+            cwd=ROOT, env=environment, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"bentoml serve exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/livez", timeout=2).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"bentoml serve not live after {timeout}s:\n{log.read_text()[-3000:]}")
+            time.sleep(0.3)
+        yield url
+    finally:
+        os.killpg(process.pid, 15)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, 9)
+            process.wait()

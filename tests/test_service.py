@@ -1,0 +1,108 @@
+"""In-process service tests (the fast inner loop): BentoML's ASGI app over the session's store."""
+
+import pytest
+
+from penguins.contract import SPECIES
+from penguins.store import endpoint_name, model_name
+from penguins.training import ALGORITHMS
+
+
+def _post(client, route, **body):
+    return client.post(route, json=body)
+
+
+def test_each_algorithm_has_a_typed_endpoint_in_the_openapi_docs(client):
+    paths = client.get("/docs.json").json()["paths"]
+    for algorithm in ALGORITHMS:
+        assert f"/{endpoint_name(algorithm)}" in paths
+    assert {"/classify", "/models", "/reload"} <= set(paths)
+
+
+def test_the_documented_example_is_a_working_request(client):
+    schema = client.get("/docs.json").json()
+    example = schema["components"]["schemas"]["Penguin"]["example"]
+    response = _post(client, "/classify", penguins=[example])
+    assert response.status_code == 200, response.text
+    assert response.json()[0]["species"] == "Gentoo"
+
+
+@pytest.mark.parametrize("algorithm", sorted(ALGORITHMS))
+def test_typed_endpoint_answers_with_its_own_model(client, trained, example, algorithm):
+    response = _post(client, f"/{endpoint_name(algorithm)}", penguins=[example, {**example, "island": "dream"}])
+    assert response.status_code == 200, response.text
+    predictions = response.json()
+    assert len(predictions) == 2
+    for prediction in predictions:
+        assert prediction["model"] == trained[algorithm][1]
+        assert set(prediction["probabilities"]) == set(SPECIES)
+        assert abs(sum(prediction["probabilities"].values()) - 1) < 1e-5
+        assert prediction["species"] in SPECIES
+
+
+def test_generic_classify_defaults_to_the_best_cv_model(client, trained, example):
+    best = max(trained.values(), key=lambda mt: (mt[0].metrics["cv_accuracy_mean"], mt[0].name))
+    assert _post(client, "/classify", penguins=[example]).json()[0]["model"] == best[1]
+    listing = _post(client, "/models").json()
+    assert listing["default"] == best[1]
+
+
+@pytest.mark.parametrize("spelling", ["penguins-knn", "knn"])
+def test_generic_classify_takes_a_model_name_or_algorithm(client, trained, example, spelling):
+    response = _post(client, "/classify", penguins=[example], model=spelling)
+    assert response.json()[0]["model"] == trained["knn"][1]
+
+
+def test_unknown_model_is_404_listing_the_available_names(client, example):
+    response = _post(client, "/classify", penguins=[example], model="penguins-deep-forest")
+    assert response.status_code == 404
+    body = response.json()
+    assert body["field"] == "model" and model_name("svm") in body["allowed"]
+
+
+@pytest.mark.parametrize(
+    ("change", "location", "words"),
+    [
+        ({"island": "Atlantis"}, ["penguins", 0, "island"], "'Biscoe', 'Dream' or 'Torgersen'"),
+        ({"sex": "x"}, ["penguins", 0, "sex"], "'female' or 'male'"),
+        ({"body_mass_g": -5}, ["penguins", 0, "body_mass_g"], "greater than 0"),
+        ({"bill_length_mm": "long"}, ["penguins", 0, "bill_length_mm"], "number"),
+        ({"wings": 2}, ["penguins", 0, "wings"], "Extra inputs"),
+    ],
+)
+def test_bad_input_is_400_naming_the_field_and_allowed_values(client, example, change, location, words):
+    response = _post(client, "/classify_random_forest", penguins=[{**example, **change}])
+    assert response.status_code == 400
+    (detail,) = response.json()["detail"]
+    assert detail["loc"] == location and words in detail["msg"]
+
+
+def test_empty_and_oversized_lists_are_refused(client, example):
+    assert _post(client, "/classify", penguins=[]).status_code == 400
+    from penguins.settings import get_settings
+
+    limit = get_settings().max_penguins
+    response = _post(client, "/classify", penguins=[example] * (limit + 1))
+    assert response.status_code == 400
+    assert "at most" in response.json()["detail"][0]["msg"]
+
+
+def test_models_lists_metrics_routes_and_training_time(client, trained):
+    listing = _post(client, "/models").json()
+    by_name = {m["name"]: m for m in listing["models"]}
+    assert set(by_name) == {model_name(a) for a in ALGORITHMS}
+    rf = by_name[model_name("random-forest")]
+    assert rf["route"] == "/classify_random_forest" and rf["predictor"] == "onnx" and rf["trained_at"]
+    assert rf["metrics"]["test_accuracy"] >= 0.95 and len(rf["metrics"]["confusion_matrix"]) == 3
+    assert listing["failures"] == []
+
+
+def test_reload_without_changes_reports_nothing_changed(client, trained):
+    report = _post(client, "/reload").json()
+    assert report["added"] == report["updated"] == report["removed"] == report["failed"] == []
+    assert sorted(report["serving"]) == sorted(tag for _, tag in trained.values())
+
+
+def test_health_and_metrics_are_bentomls_own(client):
+    assert client.get("/livez").status_code == 200
+    assert client.get("/readyz").status_code == 200
+    assert "bentoml_service_request" in client.get("/metrics").text

@@ -1,0 +1,129 @@
+"""The store as the service sees it: a dirty store is tolerated, changes are reported, models cached by tag."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from penguins.contract import Penguin
+from penguins.store import Registry, model_name, scan
+
+
+@pytest.fixture
+def store(tmp_path, store_dir, trained) -> Path:
+    """A private copy of the session store (all five models), safe to damage."""
+    copy = tmp_path / "home" / "models"
+    shutil.copytree(store_dir, copy)
+    return copy
+
+
+def _version_dir(store: Path, algorithm: str) -> Path:
+    name_dir = store / model_name(algorithm)
+    return name_dir / (name_dir / "latest").read_text().strip()
+
+
+def test_scan_finds_every_penguin_model(store, trained):
+    found, failures = scan(store)
+    assert {m.tag for m in found} == {tag for _, tag in trained.values()}
+    assert failures == []
+
+
+def test_scan_ignores_clutter_and_other_projects_models(store):
+    (store / ".ipynb_checkpoints").mkdir()
+    (store / "lost+found").mkdir()
+    (store / "README.txt").write_text("not a model")
+    other = store / "someone-elses-model"
+    shutil.copytree(_version_dir(store, "knn").parent, other)
+    yaml = next(other.glob("*/model.yaml"))
+    yaml.write_text(yaml.read_text().replace("project: palmer-penguins", "project: other"))
+    found, failures = scan(store)
+    assert len(found) == 5 and failures == []
+
+
+def test_broken_models_are_reported_by_name_and_the_others_serve(store):
+    # Half-written: `latest` names a version whose folder has no model.yaml yet.
+    half = store / model_name("knn")
+    (half / "latest").write_text("halfwritten")
+    (half / "halfwritten").mkdir()
+    # Corrupt pickle in a complete-looking model.
+    (_version_dir(store, "svm") / "saved_model.pkl").write_bytes(b"not a pickle")
+    registry = Registry(store)
+    change = registry.reload()
+    failed = {f.name: f for f in change.failed}
+    assert set(failed) == {model_name("knn"), model_name("svm")}
+    assert failed[model_name("knn")].tag == f"{model_name('knn')}:halfwritten"
+    assert "model.yaml" in failed[model_name("knn")].reason
+    assert "cannot unpickle" in failed[model_name("svm")].reason
+    assert set(registry.snapshot.models) == {model_name(a) for a in ("logistic-regression", "random-forest",
+                                                                     "gradient-boosting")}
+    assert registry.snapshot.failures  # also shown by the listing
+
+
+def test_a_broken_new_version_keeps_the_old_one_serving(store):
+    registry = Registry(store)
+    registry.reload()
+    old = registry.snapshot.models[model_name("svm")]
+    name_dir = store / model_name("svm")
+    broken = name_dir / "zzzbroken"
+    shutil.copytree(_version_dir(store, "svm"), broken)
+    (broken / "model.yaml").write_text((broken / "model.yaml").read_text().replace(old.tag.split(":")[1], "zzzbroken"))
+    (broken / "saved_model.pkl").write_bytes(b"garbage")
+    (name_dir / "latest").write_text("zzzbroken")
+    change = registry.reload()
+    assert [f.tag for f in change.failed] == [f"{model_name('svm')}:zzzbroken"]
+    assert registry.snapshot.models[model_name("svm")] is old
+
+
+def test_reload_reports_changes_and_caches_by_tag(store):
+    registry = Registry(store)
+    first = registry.reload()
+    assert len(first.added) == 5 and not first.updated and not first.removed
+    before = dict(registry.snapshot.models)
+    again = registry.reload()
+    assert not (again.added or again.updated or again.removed)
+    assert all(registry.snapshot.models[n] is m for n, m in before.items())  # not read from disk again
+
+    shutil.rmtree(store / model_name("knn"))
+    change = registry.reload()
+    assert change.removed == [before[model_name("knn")].tag]
+    assert model_name("knn") not in registry.snapshot.models
+
+
+def test_other_workers_catch_up_through_the_marker(store, trained):
+    worker_a, worker_b = Registry(store), Registry(store)
+    worker_a.sync(), worker_b.sync()
+    assert not worker_b.is_stale()
+    shutil.rmtree(store / model_name("knn"))
+    worker_a.reload()
+    assert worker_b.is_stale()
+    assert model_name("knn") not in worker_b.sync().models
+    assert not worker_b.is_stale()
+
+
+def test_store_that_disappears_and_comes_back(store, tmp_path):
+    registry = Registry(store)
+    registry.reload()
+    moved = tmp_path / "elsewhere"
+    store.rename(moved)
+    change = registry.reload()
+    assert len(change.removed) == 5 and not registry.snapshot.models
+    moved.rename(store)
+    assert len(registry.reload().added) == 5
+
+
+def test_loaded_models_predict_with_probabilities_that_sum_to_one(store, example):
+    registry = Registry(store)
+    registry.reload()
+    for model in registry.snapshot.models.values():
+        (prediction,) = model.predict([Penguin(**example)])
+        assert prediction.species == "Gentoo" and prediction.model == model.tag
+        assert abs(sum(prediction.probabilities.values()) - 1) < 1e-5
+        assert model.predictor.kind == "onnx"
+
+
+def test_sklearn_fallback_when_compiled_forms_are_off(store, example):
+    registry = Registry(store, compiled=False)
+    registry.reload()
+    model = registry.snapshot.models[model_name("random-forest")]
+    assert model.predictor.kind == "sklearn"
+    assert model.predict([Penguin(**example)])[0].species == "Gentoo"
