@@ -5,17 +5,14 @@ A thin shell: the models, the store and the rules live in the `penguins` package
 
 from __future__ import annotations
 
-from typing import Annotated
-
 import bentoml
-from bentoml.validators import ContentType
-from pydantic import Field
 from starlette.responses import Response
 
-from penguins.contract import Penguin, Prediction
 from penguins.serving import (
     Gateway,
     ModelListing,
+    Penguins,
+    Predictions,
     ReloadReport,
     get_registry,
     listing,
@@ -28,13 +25,6 @@ from penguins.store import default_store_dir, endpoint_name, model_name, scan
 from penguins.training import ALGORITHMS
 
 settings = get_settings()
-
-Penguins = Annotated[
-    list[Penguin], Field(min_length=1, max_length=settings.max_penguins, description="Penguins to classify")
-]
-# An explicit media type: without it BentoML 1.4.39 rebuilds the JSON schema of a list output on every response
-# just to find out it is JSON (~20% of a small request's CPU).
-Predictions = Annotated[list[Prediction], ContentType("application/json")]
 
 # Routes are fixed when the service is declared: one per known algorithm and per model already in the store.
 # A model first saved later is served by `classify(model=...)` at once and gets its own route on restart.

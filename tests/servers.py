@@ -26,7 +26,11 @@ def run_train(home: Path, *args: str) -> subprocess.CompletedProcess:
     """The real CLI, in its own process, into the store under `home`."""
     return subprocess.run(
         [sys.executable, str(ROOT / "train.py"), "--store", str(home), *args],
-        cwd=ROOT, capture_output=True, text=True, timeout=300, check=True,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
     )
 
 
@@ -38,9 +42,22 @@ def serve(home: Path, log: Path, timeout: float = 90, **env: str) -> Iterator[st
     environment.pop("PROMETHEUS_MULTIPROC_DIR", None)  # the server manages its own
     with log.open("w") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "bentoml", "serve", "service:PenguinClassifier", "--host", "127.0.0.1",
-             "--port", str(port)],
-            cwd=ROOT, env=environment, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "bentoml",
+                "serve",
+                "service:PenguinClassifier",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            cwd=ROOT,
+            env=environment,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     url = f"http://127.0.0.1:{port}"
     try:

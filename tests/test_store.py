@@ -54,8 +54,9 @@ def test_broken_models_are_reported_by_name_and_the_others_serve(store):
     assert failed[model_name("knn")].tag == f"{model_name('knn')}:halfwritten"
     assert "model.yaml" in failed[model_name("knn")].reason
     assert "cannot unpickle" in failed[model_name("svm")].reason
-    assert set(registry.snapshot.models) == {model_name(a) for a in ("logistic-regression", "random-forest",
-                                                                     "gradient-boosting")}
+    assert set(registry.snapshot.models) == {
+        model_name(a) for a in ("logistic-regression", "random-forest", "gradient-boosting")
+    }
     assert registry.snapshot.failures  # also shown by the listing
 
 
