@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from penguins.contract import Penguin
+from penguins.contract import Penguin, Prediction
 from penguins.store import Registry, model_name, scan
 
 
@@ -116,7 +116,8 @@ def test_loaded_models_predict_with_probabilities_that_sum_to_one(store, example
     registry = Registry(store)
     registry.reload()
     for model in registry.snapshot.models.values():
-        (prediction,) = model.predict([Penguin(**example)])
+        (row,) = model.predict([Penguin(**example)])
+        prediction = Prediction.model_validate(row)  # the rows keep the output contract
         assert prediction.species == "Gentoo" and prediction.model == model.tag
         assert abs(sum(prediction.probabilities.values()) - 1) < 1e-5
         assert model.predictor.kind == "onnx"
@@ -127,4 +128,4 @@ def test_sklearn_fallback_when_compiled_forms_are_off(store, example):
     registry.reload()
     model = registry.snapshot.models[model_name("random-forest")]
     assert model.predictor.kind == "sklearn"
-    assert model.predict([Penguin(**example)])[0].species == "Gentoo"
+    assert model.predict([Penguin(**example)])[0]["species"] == "Gentoo"
