@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hmac
 import json
+import time
+import uuid
 from collections.abc import Callable
 from functools import cache
 from typing import Annotated, Any
@@ -13,6 +15,7 @@ from bentoml.validators import ContentType
 from pydantic import BaseModel, Field
 
 from penguins.contract import Penguin, Prediction
+from penguins.predlog import PredictionLog, worker_index
 from penguins.settings import Settings, get_settings
 from penguins.store import Change, Failure, LoadedModel, Registry, Snapshot, default_store_dir, endpoint_name
 
@@ -150,7 +153,8 @@ class Gateway:
     - refuses bodies over the configured size from Content-Length, and while streaming, before parsing;
     - answers 503 on a per-model route whose model is not loaded (the batched endpoint itself cannot answer one
       request of a batch with an error of its own);
-    - requires the admin bearer token, when configured, on state-changing routes.
+    - requires the admin bearer token, when configured, on state-changing routes;
+    - writes the prediction log, per request even inside a batch, before the response's last byte is sent.
     """
 
     def __init__(
@@ -162,10 +166,20 @@ class Gateway:
     ):
         self.app = app
         self.route_models = {route: name for name, route in model_routes.items()}
+        self.prediction_routes = {"/classify", *self.route_models}
         self.admin_routes = admin_routes
         self.settings = settings or get_settings()
         token = self.settings.admin_token
         self.token = token.get_secret_value().encode() if token else None
+        self._log: PredictionLog | None = None
+
+    def prediction_log(self) -> PredictionLog | None:
+        # Made on first use, in the worker (the worker index is known only there), never at import.
+        if self._log is None and self.settings.log_dir is not None:
+            self._log = PredictionLog(
+                self.settings.log_dir, self.settings.log_max_bytes, self.settings.log_backups, worker_index()
+            )
+        return self._log
 
     async def __call__(self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
         if scope["type"] != "http":
@@ -178,7 +192,7 @@ class Gateway:
             if not hmac.compare_digest(supplied, b"Bearer " + self.token):
                 return await _respond(
                     send,
-                    *error_body(401, "reload needs the admin bearer token"),
+                    *error_body(401, f"{path} needs the admin bearer token"),
                     extra_headers=[(b"www-authenticate", b"Bearer")],
                 )
 
@@ -197,12 +211,49 @@ class Gateway:
         if name is not None and name not in registry.snapshot.models:
             return await _respond(send, *error_body(503, f"model {name} is not loaded: {TRAIN_HINT}", model=name))
 
-        if declared is None and scope.get("method") == "POST":
+        if scope.get("method") == "POST":
             receive = _limited(receive, limit)
+        log = self.prediction_log() if path in self.prediction_routes else None
+        if log is not None:
+            receive, send = _recorded(scope, receive, send, log, headers)
         try:
             await self.app(scope, receive, send)
         except _BodyTooLarge:
             await _respond(send, *error_body(413, f"request body over {limit} bytes", limit_bytes=limit))
+
+
+def _recorded(scope, receive, send, log: PredictionLog, headers: dict[bytes, bytes]):
+    """Wrap receive/send to keep copies of both bodies; log a 200 before its final body message goes out."""
+    request_id = headers.get(b"x-request-id", b"").decode("latin-1")[:128] or uuid.uuid4().hex
+    started = time.perf_counter()
+    request_chunks: list[bytes] = []
+    response_chunks: list[bytes] = []
+    status = 0
+
+    async def receive_recorded() -> dict[str, Any]:
+        message = await receive()
+        if message["type"] == "http.request":
+            request_chunks.append(message.get("body", b""))
+        return message
+
+    async def send_recorded(message: dict[str, Any]) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+            message = {**message, "headers": [*message.get("headers", []), (b"x-request-id", request_id.encode())]}
+        elif message["type"] == "http.response.body" and status == 200:
+            response_chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                log.write(
+                    request_id,
+                    scope["path"],
+                    b"".join(request_chunks),
+                    b"".join(response_chunks),
+                    time.perf_counter() - started,
+                )
+        await send(message)
+
+    return receive_recorded, send_recorded
 
 
 class _BodyTooLarge(Exception):

@@ -28,6 +28,8 @@ class Settings(BaseSettings):
     admin_token: SecretStr | None = Field(default=None, description="Bearer token required by reload")
     cors_origins: list[str] = Field(default_factory=list)
     log_dir: Path | None = Field(default=None, description="Where prediction logs go; off when unset")
+    log_max_bytes: int = Field(default=20 * 1024 * 1024, ge=1024, description="Rotate a worker's log at this size")
+    log_backups: int = Field(default=5, ge=1, description="Rotated files kept per worker")
 
 
 @cache
