@@ -211,15 +211,16 @@ class Gateway:
         if name is not None and name not in registry.snapshot.models:
             return await _respond(send, *error_body(503, f"model {name} is not loaded: {TRAIN_HINT}", model=name))
 
-        if scope.get("method") == "POST":
-            receive = _limited(receive, limit)
+        if declared is None and scope.get("method") == "POST":
+            # No Content-Length (chunked): read it here, bounded, and replay it; BentoML buffers it whole anyway.
+            body = await _read_bounded(receive, limit)
+            if body is None:
+                return await _respond(send, *error_body(413, f"request body over {limit} bytes", limit_bytes=limit))
+            receive = _replay(body, receive)
         log = self.prediction_log() if path in self.prediction_routes else None
         if log is not None:
             receive, send = _recorded(scope, receive, send, log, headers)
-        try:
-            await self.app(scope, receive, send)
-        except _BodyTooLarge:
-            await _respond(send, *error_body(413, f"request body over {limit} bytes", limit_bytes=limit))
+        await self.app(scope, receive, send)
 
 
 def _recorded(scope, receive, send, log: PredictionLog, headers: dict[bytes, bytes]):
@@ -256,23 +257,33 @@ def _recorded(scope, receive, send, log: PredictionLog, headers: dict[bytes, byt
     return receive_recorded, send_recorded
 
 
-class _BodyTooLarge(Exception):
-    pass
-
-
-def _limited(receive: Callable[..., Any], limit: int) -> Callable[..., Any]:
-    seen = 0
-
-    async def guarded() -> dict[str, Any]:
-        nonlocal seen
+async def _read_bounded(receive: Callable[..., Any], limit: int) -> bytes | None:
+    """The whole request body, or None as soon as it passes `limit` bytes."""
+    chunks, size = [], 0
+    while True:
         message = await receive()
-        if message["type"] == "http.request":
-            seen += len(message.get("body", b""))
-            if seen > limit:
-                raise _BodyTooLarge
-        return message
+        if message["type"] != "http.request":
+            return b"".join(chunks)
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
 
-    return guarded
+
+def _replay(body: bytes, receive: Callable[..., Any]) -> Callable[..., Any]:
+    sent = False
+
+    async def replayed() -> dict[str, Any]:
+        nonlocal sent
+        if sent:
+            return await receive()  # what comes after the body: a disconnect
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replayed
 
 
 async def _respond(send: Callable[..., Any], status: int, body: bytes, extra_headers: list | None = None) -> None:
