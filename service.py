@@ -1,4 +1,4 @@
-"""The BentoML service: one typed endpoint per penguin model, a generic classify, the listing and reload.
+"""The BentoML service: one typed endpoint per penguin model, a generic classify, explain, the listing and reload.
 
 A thin shell: the models, the store and the rules live in the `penguins` package.
 """
@@ -13,10 +13,12 @@ from pydantic import Field
 from starlette.responses import Response
 
 from penguins.contract import Penguin, Prediction
+from penguins.explain import DEFAULT_NEIGHBOURS, MAX_NEIGHBOURS, Explanation, TrainingMap
 from penguins.serving import (
     Gateway,
     ModelListing,
     ReloadReport,
+    error_body,
     get_registry,
     listing,
     report,
@@ -35,6 +37,7 @@ Penguins = Annotated[
 # An explicit media type: without it BentoML 1.4.39 rebuilds the JSON schema of a list output on every response
 # just to find out it is JSON (~20% of a small request's CPU).
 Predictions = Annotated[list[Prediction], ContentType("application/json")]
+Neighbours = Annotated[int, Field(ge=1, le=MAX_NEIGHBOURS, description="How many nearest training penguins to return")]
 
 # Routes are fixed when the service is declared: one per known algorithm and per model already in the store.
 # A model first saved later is served by `classify(model=...)` at once and gets its own route on restart.
@@ -62,6 +65,26 @@ class PenguinClassifier:
         if isinstance(chosen, tuple):
             return _json(chosen)
         return chosen.predict(penguins)
+
+    @bentoml.api
+    def explain(self, penguin: Penguin, model: str | None = None, k: Neighbours = DEFAULT_NEIGHBOURS) -> Explanation:
+        """Classify one penguin and explain: its k nearest training penguins, its place on the PCA map, importances."""
+        chosen = resolve(self.registry.sync(), model)
+        if isinstance(chosen, tuple):
+            return _json(chosen)
+        if chosen.explainer is None:
+            return _json(error_body(409, f"model {chosen.tag} was saved without explanation data: retrain it"))
+        return chosen.explain(penguin, k)
+
+    @bentoml.api
+    def training_map(self, model: str | None = None) -> TrainingMap:
+        """The model's training penguins on its 2-D PCA map (the map explain places a penguin on)."""
+        chosen = resolve(self.registry.sync(), model)
+        if isinstance(chosen, tuple):
+            return _json(chosen)
+        if chosen.explainer is None:
+            return _json(error_body(409, f"model {chosen.tag} was saved without explanation data: retrain it"))
+        return chosen.explainer.training_map(chosen.tag)
 
     @bentoml.api
     def models(self) -> ModelListing:
