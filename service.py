@@ -1,4 +1,5 @@
-"""The BentoML service: one typed endpoint per penguin model, a generic classify, explain, the listing and reload.
+"""The BentoML service: one typed endpoint per penguin model, a generic classify, explain, the listing and reload,
+and the web page at /ui.
 
 A thin shell: the models, the store and the rules live in the `penguins` package.
 """
@@ -12,6 +13,7 @@ from bentoml.validators import ContentType
 from pydantic import Field
 from starlette.responses import Response
 
+from penguins import ui
 from penguins.contract import Penguin, Prediction
 from penguins.explain import DEFAULT_NEIGHBOURS, MAX_NEIGHBOURS, Explanation, TrainingMap
 from penguins.serving import (
@@ -132,3 +134,4 @@ PenguinClassifier = bentoml.service(
     else {},
 )(PenguinClassifier)
 PenguinClassifier.add_asgi_middleware(Gateway, model_routes=ROUTES)
+PenguinClassifier.mount_asgi_app(ui.create_app(), path=ui.PATH, name="ui")
