@@ -81,6 +81,15 @@ def page(browser, server):
     context.close()
 
 
+def test_the_client_has_explain(server):
+    import bentoml
+
+    with bentoml.SyncHTTPClient(server) as client:
+        answer = client.explain(penguin=EXAMPLE_PENGUIN, model="random-forest", k=3)
+        assert answer["prediction"]["species"] == "Gentoo" and len(answer["neighbours"]) == 3
+        assert client.training_map(model=answer["prediction"]["model"])["model"] == answer["prediction"]["model"]
+
+
 def _submit(page):
     with page.expect_response(lambda r: r.url.endswith("/explain")) as answer:
         page.click("#submit")

@@ -203,3 +203,21 @@ def test_the_page_loads_nothing_from_the_internet():
     for path in STATIC.iterdir():
         urls = set(re.findall(r"https?://[^\s\"'`)]+", path.read_text()))
         assert urls <= {"http://www.w3.org/2000/svg"}, (path.name, urls)
+
+
+def test_a_model_saved_before_explanations_still_serves_but_cannot_explain(tmp_path, store_dir, trained):
+    import shutil
+
+    import cloudpickle
+
+    copy = tmp_path / "models"
+    shutil.copytree(store_dir, copy)
+    (stored,) = [m for m in scan(copy)[0] if m.name == model_name("knn")]
+    pickled = stored.path / "custom_objects.pkl"
+    objects = cloudpickle.loads(pickled.read_bytes())
+    del objects[CUSTOM_OBJECT]
+    pickled.write_bytes(cloudpickle.dumps(objects))
+    loaded = load(stored)
+    assert loaded.explainer is None and loaded.predict([Penguin(**EXAMPLE_PENGUIN)])[0].species == "Gentoo"
+    with pytest.raises(LookupError, match="without explanation data"):
+        loaded.explain(Penguin(**EXAMPLE_PENGUIN), 5)
