@@ -1,4 +1,5 @@
-"""The BentoML service: one typed endpoint per penguin model, a generic classify, the listing and reload.
+"""The BentoML service: one typed endpoint per penguin model, a generic classify, explain, the listing and reload,
+and the web page at /ui.
 
 A thin shell: the models, the store and the rules live in the `penguins` package.
 """
@@ -6,16 +7,22 @@ A thin shell: the models, the store and the rules live in the `penguins` package
 from __future__ import annotations
 
 import json
+from typing import Annotated
 
 import bentoml
+from pydantic import Field
 from starlette.responses import Response
 
+from penguins import ui
+from penguins.contract import Penguin
+from penguins.explain import DEFAULT_NEIGHBOURS, MAX_NEIGHBOURS, Explanation, TrainingMap
 from penguins.serving import (
     Gateway,
     ModelListing,
     Penguins,
     Predictions,
     ReloadReport,
+    error_body,
     get_registry,
     listing,
     report,
@@ -27,6 +34,8 @@ from penguins.store import default_store_dir, endpoint_name, model_name, scan
 from penguins.training import ALGORITHMS
 
 settings = get_settings()
+
+Neighbours = Annotated[int, Field(ge=1, le=MAX_NEIGHBOURS, description="How many nearest training penguins to return")]
 
 # Routes are fixed when the service is declared: one per known algorithm and per model already in the store.
 # A model first saved later is served by `classify(model=...)` at once and gets its own route on restart.
@@ -54,6 +63,26 @@ class PenguinClassifier:
             return _json(*chosen)
         # Serialised here: BentoML 1.4.39 would dump a list output through pydantic twice (~300 ms for 10,000 rows).
         return _json(200, json.dumps(chosen.predict(penguins)))
+
+    @bentoml.api
+    def explain(self, penguin: Penguin, model: str | None = None, k: Neighbours = DEFAULT_NEIGHBOURS) -> Explanation:
+        """Classify one penguin and explain: its k nearest training penguins, its place on the PCA map, importances."""
+        chosen = resolve(self.registry.sync(), model)
+        if isinstance(chosen, tuple):
+            return _json(*chosen)
+        if chosen.explainer is None:
+            return _json(*error_body(409, f"model {chosen.tag} was saved without explanation data: retrain it"))
+        return chosen.explain(penguin, k)
+
+    @bentoml.api
+    def training_map(self, model: str | None = None) -> TrainingMap:
+        """The model's training penguins on its 2-D PCA map (the map explain places a penguin on)."""
+        chosen = resolve(self.registry.sync(), model)
+        if isinstance(chosen, tuple):
+            return _json(*chosen)
+        if chosen.explainer is None:
+            return _json(*error_body(409, f"model {chosen.tag} was saved without explanation data: retrain it"))
+        return chosen.explainer.training_map(chosen.tag)
 
     @bentoml.api
     def models(self) -> ModelListing:
@@ -101,3 +130,4 @@ PenguinClassifier = bentoml.service(
     else {},
 )(PenguinClassifier)
 PenguinClassifier.add_asgi_middleware(Gateway, model_routes=ROUTES)
+PenguinClassifier.mount_asgi_app(ui.create_app(), path=ui.PATH, name="ui")

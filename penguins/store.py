@@ -14,7 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from penguins.contract import Penguin
+from penguins.contract import Penguin, Prediction
+from penguins.explain import CUSTOM_OBJECT as EXPLAIN_OBJECT
+from penguins.explain import Explainer, Explanation
 from penguins.predict import OnnxPredictor, Predictor, SklearnPredictor, columns_of
 
 PROJECT = "palmer-penguins"
@@ -117,6 +119,8 @@ class LoadedModel:
     algorithm: str
     metadata: dict[str, Any]
     predictor: Predictor
+    # The explanation data saved with the model; None for a model saved before explanations existed.
+    explainer: Explainer | None = None
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -140,6 +144,12 @@ class LoadedModel:
             )
         ]
 
+    def explain(self, penguin: Penguin, k: int) -> Explanation:
+        """The prediction (the same predictor as classify) with the saved explanation data around it."""
+        if self.explainer is None:
+            raise LookupError(f"model {self.tag} was saved without explanation data")
+        return self.explainer.explain(penguin, Prediction.model_validate(self.predict([penguin])[0]), k)
+
 
 def load(stored: StoredModel, compiled: bool = True) -> LoadedModel:
     """Read one model from disk: the ONNX form when it was saved with one (and wanted), else the pipeline."""
@@ -161,7 +171,14 @@ def load(stored: StoredModel, compiled: bool = True) -> LoadedModel:
                 predictor = OnnxPredictor(onnx_bytes, classes)
         except Exception as error:
             raise ValueError(f"cannot open the compiled ONNX form ({_reason(error)})") from error
-    return LoadedModel(stored.name, stored.tag, stored.algorithm, metadata, predictor)
+    explainer = None
+    try:
+        saved = model.custom_objects.get(EXPLAIN_OBJECT)
+        if saved is not None:
+            explainer = Explainer.from_saved(saved, pipeline)
+    except Exception as error:
+        raise ValueError(f"cannot use the saved explanation data ({_reason(error)})") from error
+    return LoadedModel(stored.name, stored.tag, stored.algorithm, metadata, predictor, explainer)
 
 
 @dataclass(frozen=True)
