@@ -251,7 +251,8 @@ class Registry:
         if current and not self.store_dir.is_dir():
             # The store vanished (an unmounted volume, a folder moved away): keep serving what is loaded until it is
             # back rather than turn every request into a 503. Removing one model's folder still removes that model.
-            gone = Failure(STORE_FAILURE, f"the model store {self.store_dir} is not there; serving the models loaded before")
+            reason = f"the model store {self.store_dir} is not there; serving the models loaded before"
+            gone = Failure(STORE_FAILURE, reason)
             self._snapshot = Snapshot(current, (gone,))
             return Change(added=[], updated=[], removed=[], failed=[gone], serving=[m.tag for m in current.values()])
         models: dict[str, LoadedModel] = {}

@@ -8,7 +8,7 @@ import pytest
 
 from penguins.contract import EXAMPLE_PENGUIN
 from penguins.store import model_name
-from tests.servers import workers_that_answered, run_train, serve
+from tests.servers import run_train, serve, workers_that_answered
 
 pytestmark = pytest.mark.integration
 
