@@ -87,7 +87,7 @@ def test_reload_under_load_loses_no_request(tmp_path, figures):
             thread.start()
         try:
             saver = subprocess.run(
-                [sys.executable, "-c", SAVER, "1", "4", *ALGORITHMS],
+                [sys.executable, "-c", SAVER, "1", "3", *ALGORITHMS],
                 cwd=ROOT,
                 env={**os.environ, "BENTOML_HOME": str(home)},
                 capture_output=True,
