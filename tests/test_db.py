@@ -167,3 +167,25 @@ def test_raw_table_keeps_values_as_text(db_url, tmp_path):
     heavy = [r for r in _rows(db_url, raw_table) if r["body_mass_g"] == "heavy"]
     assert len(heavy) == 1 and heavy[0]["source"] == "odd.csv"
     assert RAW_TABLE in inspect(create_engine(db_url)).get_table_names()
+
+
+def test_train_cli_trains_from_the_clean_table_and_records_which_rows(tmp_path):
+    from bentoml._internal.models.model import Model
+
+    from penguins.store import scan
+    from tests.servers import run_train
+
+    url = f"sqlite:///{tmp_path / 'train.db'}"
+    ingest(url)
+    csv = tmp_path / "extra.csv"
+    csv.write_text(BAD_CSV)
+    ingest(url, csv=csv)
+    clean(url)
+    home = tmp_path / "home"
+    done = run_train(home, "--models", "knn", "--data", url)
+    rows = len(load_clean(url))
+    assert rows > 342 and f"{rows} rows" in done.stdout  # the bundled rows and the CSV's new clean ones
+    (stored,) = scan(home / "models")[0]
+    metadata = Model.from_path(stored.path).info.metadata
+    assert metadata["data_fingerprint"] == fingerprint(load_clean(url)) != fingerprint(load_penguins())
+    assert metadata["data_rows"] == rows and metadata["data_source"] == f"{url}#penguins_clean"
