@@ -99,8 +99,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"{m['test_accuracy']:.3f}",
                 f"{m['macro_f1']:.3f}",
                 "onnx" if trained.onnx else "sklearn",
-                decision.status if decision.served_score is None else f"{decision.status} (served "
-                f"{decision.served_score:.3f})",
+                decision.status
+                if decision.served_score is None
+                else f"{decision.status} (served {decision.served_score:.3f})",
                 tag,
             )
             progress.advance(task)

@@ -297,9 +297,11 @@ def clean(url: str | None = None, examples: int = 10) -> CleanReport:
         _check_schema(engine, raw_table)
         _check_schema(engine, clean_table)
         with engine.begin() as connection:
-            raw_rows = connection.execute(
-                select(raw_table).order_by(raw_table.c.source, raw_table.c.source_row)
-            ).mappings().all()
+            raw_rows = (
+                connection.execute(select(raw_table).order_by(raw_table.c.source, raw_table.c.source_row))
+                .mappings()
+                .all()
+            )
             report = CleanReport(url=safe_url(url), table=CLEAN_TABLE, rows_in=len(raw_rows), rows_out=0)
             rejected: Counter[str] = Counter()
             seen: set[tuple[Any, ...]] = set()
@@ -309,8 +311,9 @@ def clean(url: str | None = None, examples: int = 10) -> CleanReport:
                 if values is None:
                     rejected[reason] += 1  # type: ignore[index]
                     if len(report.examples) < examples:
-                        report.examples.append({"source": raw["source"], "source_row": raw["source_row"],
-                                                "reason": reason})
+                        report.examples.append(
+                            {"source": raw["source"], "source_row": raw["source_row"], "reason": reason}
+                        )
                     continue
                 key = tuple(values[c] for c in (TARGET, *FEATURES))
                 if key in seen:
@@ -319,8 +322,9 @@ def clean(url: str | None = None, examples: int = 10) -> CleanReport:
                 seen.add(key)
                 report.missing_sex += sex_note == "missing"
                 report.unknown_sex_set_missing += sex_note == "unknown"
-                cleaned.append({"id": len(cleaned) + 1, **values, "source": raw["source"],
-                                "source_row": raw["source_row"]})
+                cleaned.append(
+                    {"id": len(cleaned) + 1, **values, "source": raw["source"], "source_row": raw["source_row"]}
+                )
             connection.execute(delete(clean_table))
             if cleaned:
                 connection.execute(insert(clean_table), cleaned)
@@ -352,16 +356,18 @@ def load_clean(url: str | None = None) -> pd.DataFrame:
 
 
 def main(argv: Iterable[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m penguins.db", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m penguins.db", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     ingest_cmd = commands.add_parser("ingest", help=f"load raw rows into {RAW_TABLE}")
     ingest_cmd.add_argument("--csv", type=Path, help="a CSV with the contract's columns (default: bundled dataset)")
     ingest_cmd.add_argument("--source", help="name of the source in the raw table (default: the CSV's file name)")
     clean_cmd = commands.add_parser("clean", help=f"rewrite {CLEAN_TABLE} from {RAW_TABLE}")
     for command in (ingest_cmd, clean_cmd):
-        command.add_argument("--url", default=None, help="SQLAlchemy URL (default: $PENGUINS_DATABASE_URL or "
-                                                          f"{DEFAULT_URL})")
+        command.add_argument(
+            "--url", default=None, help=f"SQLAlchemy URL (default: $PENGUINS_DATABASE_URL or {DEFAULT_URL})"
+        )
     args = parser.parse_args(list(argv) if argv is not None else None)
     try:
         if args.command == "ingest":

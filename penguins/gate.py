@@ -46,8 +46,9 @@ def served_version(name: str, store_dir: Path | None = None) -> StoredModel | No
     return next((m for m in stored if m.name == name), None)
 
 
-def decide(name: str, metrics: dict[str, Any], tolerance: float = DEFAULT_TOLERANCE,
-           store_dir: Path | None = None) -> Decision:
+def decide(
+    name: str, metrics: dict[str, Any], tolerance: float = DEFAULT_TOLERANCE, store_dir: Path | None = None
+) -> Decision:
     """Promote when nothing is served yet, or when score >= served score - tolerance."""
     from bentoml._internal.models.model import Model
 
@@ -60,8 +61,15 @@ def decide(name: str, metrics: dict[str, Any], tolerance: float = DEFAULT_TOLERA
     try:
         served_score = float(Model.from_path(served.path).info.metadata[METRIC])
     except Exception as error:  # unreadable or too old to carry the metric: nothing to be worse than
-        return Decision(True, METRIC, score, tolerance, served.tag, None,
-                        f"the served version {served.tag} has no readable {METRIC} ({type(error).__name__})")
+        return Decision(
+            True,
+            METRIC,
+            score,
+            tolerance,
+            served.tag,
+            None,
+            f"the served version {served.tag} has no readable {METRIC} ({type(error).__name__})",
+        )
     # A hair of slack so that equal scores computed along different float paths compare equal.
     if score + 1e-9 >= served_score - tolerance:
         reason = f"{METRIC} {score:.4f} is within {tolerance:g} of (or above) the served {served_score:.4f}"
@@ -74,8 +82,9 @@ def skipped(metrics: dict[str, Any]) -> Decision:
     return Decision(True, METRIC, float(metrics[METRIC]), 0.0, None, None, "gate skipped (--no-gate)")
 
 
-def save_gated(trained: Any, tolerance: float = DEFAULT_TOLERANCE, gate: bool = True,
-               store_dir: Path | None = None) -> tuple[str, Decision]:
+def save_gated(
+    trained: Any, tolerance: float = DEFAULT_TOLERANCE, gate: bool = True, store_dir: Path | None = None
+) -> tuple[str, Decision]:
     """Decide, then save `trained` (a training.TrainedModel) with the decision as its `status` label and in its
     metadata (`gate`). Returns the new tag and the decision."""
     from penguins.training import save

@@ -39,8 +39,10 @@ class PipelineSettings(BaseSettings):
     models: list[str] | None = Field(default=None, description="Algorithms to train (default: all)")
     seed: int = 42
     tolerance: float = Field(default=DEFAULT_TOLERANCE, ge=0, description="Promotion gate tolerance")
-    api_url: str | None = Field(default=None, description="Base URL of the penguin API to reload, e.g. "
-                                                          "http://api:3000; reload is skipped when unset")
+    api_url: str | None = Field(
+        default=None,
+        description="Base URL of the penguin API to reload, e.g. http://api:3000; reload is skipped when unset",
+    )
     admin_token: SecretStr | None = Field(default=None, description="Bearer token the API's reload needs")
 
 
@@ -87,10 +89,19 @@ def train(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         path = staging / f"{algorithm}.pkl"
         with path.open("wb") as out:
             pickle.dump(trained, out)
-        candidates.append({"algorithm": algorithm, "path": str(path), **{
-            k: trained.metrics[k] for k in ("test_accuracy", "cv_accuracy_mean")}})
-    return {"staging": str(staging), "rows": len(frame), "data_fingerprint": fingerprint(frame),
-            "candidates": candidates}
+        candidates.append(
+            {
+                "algorithm": algorithm,
+                "path": str(path),
+                **{k: trained.metrics[k] for k in ("test_accuracy", "cv_accuracy_mean")},
+            }
+        )
+    return {
+        "staging": str(staging),
+        "rows": len(frame),
+        "data_fingerprint": fingerprint(frame),
+        "candidates": candidates,
+    }
 
 
 def gate(trained: dict[str, Any], overrides: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -105,8 +116,11 @@ def gate(trained: dict[str, Any], overrides: dict[str, Any] | None = None) -> di
         tag, decision = save_gated(model, config.tolerance)
         decisions.append({"algorithm": candidate["algorithm"], "tag": tag, **decision.as_dict()})
     shutil.rmtree(trained["staging"], ignore_errors=True)
-    return {"promoted": [d["tag"] for d in decisions if d["promoted"]],
-            "rejected": [d["tag"] for d in decisions if not d["promoted"]], "decisions": decisions}
+    return {
+        "promoted": [d["tag"] for d in decisions if d["promoted"]],
+        "rejected": [d["tag"] for d in decisions if not d["promoted"]],
+        "decisions": decisions,
+    }
 
 
 def reload(overrides: dict[str, Any] | None = None, timeout: float = 60) -> dict[str, Any]:

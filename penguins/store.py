@@ -124,8 +124,13 @@ def scan_with_rejected(
         if _is_rejected(model):
             others = _complete_versions(entry)
             # Not newer than `latest`: a newer folder is a save still in progress.
-            served = [(v, m) for v, m in others if not _is_rejected(m) and m.info.labels.get("project") == PROJECT
-                      and m.info.creation_time <= model.info.creation_time]
+            served = [
+                (v, m)
+                for v, m in others
+                if not _is_rejected(m)
+                and m.info.labels.get("project") == PROJECT
+                and m.info.creation_time <= model.info.creation_time
+            ]
             if served:
                 version, model = served[0]
                 found.append(StoredModel(name, str(model.tag), algorithm, entry / version))
@@ -134,8 +139,15 @@ def scan_with_rejected(
         if list_rejected:
             for _, other in others if others is not None else _complete_versions(entry):
                 if _is_rejected(other) and other.info.labels.get("project") == PROJECT:
-                    rejected.append(RejectedVersion(name, str(other.tag), algorithm, dict(other.info.metadata),
-                                                    other.info.creation_time.isoformat(timespec="seconds")))
+                    rejected.append(
+                        RejectedVersion(
+                            name,
+                            str(other.tag),
+                            algorithm,
+                            dict(other.info.metadata),
+                            other.info.creation_time.isoformat(timespec="seconds"),
+                        )
+                    )
     return found, failures, rejected
 
 

@@ -78,27 +78,52 @@ def mariadb() -> Iterator[str]:
     data, socket, log = root / "data", root / "mysqld.sock", root / "server.log"
     as_root = ["--user=root"] if os.geteuid() == 0 else []
     setup = subprocess.run(
-        [install_db, "--no-defaults", f"--datadir={data}", "--auth-root-authentication-method=socket",
-         "--skip-test-db", *as_root],
-        capture_output=True, text=True, timeout=180,
+        [
+            install_db,
+            "--no-defaults",
+            f"--datadir={data}",
+            "--auth-root-authentication-method=socket",
+            "--skip-test-db",
+            *as_root,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
     if setup.returncode != 0:
         raise Unavailable(f"mariadb-install-db failed: {(setup.stderr or setup.stdout)[-1500:]}")
     port = free_port()
     with log.open("w") as out:
         process = subprocess.Popen(
-            [server, "--no-defaults", f"--datadir={data}", f"--socket={socket}", f"--port={port}",
-             "--bind-address=127.0.0.1", f"--pid-file={root / 'mysqld.pid'}", "--skip-log-bin",
-             "--innodb-buffer-pool-size=32M", *as_root],
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                server,
+                "--no-defaults",
+                f"--datadir={data}",
+                f"--socket={socket}",
+                f"--port={port}",
+                "--bind-address=127.0.0.1",
+                f"--pid-file={root / 'mysqld.pid'}",
+                "--skip-log-bin",
+                "--innodb-buffer-pool-size=32M",
+                *as_root,
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     try:
         _wait(socket.exists, process, log, "mariadbd")
-        sql = ("CREATE DATABASE penguins; CREATE USER 'penguins'@'127.0.0.1' IDENTIFIED BY 'penguins-pw'; "
-               "GRANT ALL ON penguins.* TO 'penguins'@'127.0.0.1';")
+        sql = (
+            "CREATE DATABASE penguins; CREATE USER 'penguins'@'127.0.0.1' IDENTIFIED BY 'penguins-pw'; "
+            "GRANT ALL ON penguins.* TO 'penguins'@'127.0.0.1';"
+        )
         for _ in range(50):  # the socket appears a moment before the server takes logins
-            made = subprocess.run([client, "--no-defaults", f"--socket={socket}", "-uroot", "-e", sql],
-                                  capture_output=True, text=True, timeout=30)
+            made = subprocess.run(
+                [client, "--no-defaults", f"--socket={socket}", "-uroot", "-e", sql],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
             if made.returncode == 0:
                 break
             time.sleep(0.2)
@@ -131,8 +156,12 @@ def postgres() -> Iterator[str]:
             raise Unavailable(f"no 'postgres' user to run the server as ({error})") from error
         run_as = ["runuser", "-u", "postgres", "--"]
     data, log = root / "data", root / "server.log"
-    setup = subprocess.run([*run_as, initdb, "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"],
-                           capture_output=True, text=True, timeout=180)
+    setup = subprocess.run(
+        [*run_as, initdb, "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     if setup.returncode != 0:
         shutil.rmtree(root, ignore_errors=True)
         raise Unavailable(f"initdb failed: {(setup.stderr or setup.stdout)[-1500:]}")
@@ -142,9 +171,25 @@ def postgres() -> Iterator[str]:
         shutil.chown(log, "postgres", "postgres")
     with log.open("w") as out:
         process = subprocess.Popen(
-            [*run_as, server, "-D", str(data), "-p", str(port), "-k", str(root), "-c", "listen_addresses=127.0.0.1",
-             "-c", "shared_buffers=16MB", "-c", "fsync=off"],
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                *run_as,
+                server,
+                "-D",
+                str(data),
+                "-p",
+                str(port),
+                "-k",
+                str(root),
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "shared_buffers=16MB",
+                "-c",
+                "fsync=off",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     try:
         _wait(lambda: (root / f".s.PGSQL.{port}").exists(), process, log, "postgres")

@@ -46,15 +46,15 @@ def airflow_env(tmp_path_factory):
         "BENTOML_DO_NOT_TRACK": "true",
     }
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    migrated = subprocess.run([binary, "db", "migrate"], env=env, cwd=ROOT, capture_output=True, text=True,
-                              timeout=600)
+    migrated = subprocess.run([binary, "db", "migrate"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert migrated.returncode == 0, migrated.stdout[-3000:] + migrated.stderr[-3000:]
     return binary, env
 
 
 def _dags_test(binary: str, env: dict[str, str], log: Path) -> subprocess.CompletedProcess:
-    done = subprocess.run([binary, "dags", "test", "penguins_retrain"], env=env, cwd=ROOT, capture_output=True,
-                          text=True, timeout=900)
+    done = subprocess.run(
+        [binary, "dags", "test", "penguins_retrain"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=900
+    )
     output = done.stdout + "\n--- stderr ---\n" + done.stderr
     log.write_text(output)
     assert done.returncode == 0 and "state=success, run_type" in output, output[-6000:]

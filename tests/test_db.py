@@ -102,7 +102,10 @@ def test_bad_rows_are_counted_by_reason_and_never_crash(db_url, tmp_path):
     assert report.rows_out == 3 == report.rows_in - report.rows_rejected - report.duplicates
     rows = _rows(db_url, clean_table)
     assert [(r[TARGET], r["island"], r["sex"]) for r in rows] == [
-        ("Gentoo", "Biscoe", "female"), ("Chinstrap", "Dream", None), ("Chinstrap", "Dream", None)]
+        ("Gentoo", "Biscoe", "female"),
+        ("Chinstrap", "Dream", None),
+        ("Chinstrap", "Dream", None),
+    ]
     assert rows[0]["body_mass_g"] == 4500.0 and rows[0]["source_row"] == 1
 
 
@@ -151,12 +154,22 @@ def test_load_clean_says_what_to_run_when_there_is_no_table(tmp_path):
 def test_the_cli_prints_the_reports(tmp_path):
     url = f"sqlite:///{tmp_path / 'cli.db'}"
     for command in ("ingest", "clean"):
-        done = subprocess.run([sys.executable, "-m", "penguins.db", command, "--url", url], cwd=ROOT,
-                              capture_output=True, text=True, timeout=120)
+        done = subprocess.run(
+            [sys.executable, "-m", "penguins.db", command, "--url", url],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert done.returncode == 0, done.stderr
     assert '"rows_out": 342' in done.stdout
-    bad = subprocess.run([sys.executable, "-m", "penguins.db", "ingest", "--url", url, "--csv", str(tmp_path / "x")],
-                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(
+        [sys.executable, "-m", "penguins.db", "ingest", "--url", url, "--csv", str(tmp_path / "x")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode == 2 and "error:" in bad.stderr
 
 

@@ -28,8 +28,16 @@ def _latest(store: Path, algorithm: str) -> str:
     return (store / model_name(algorithm) / "latest").read_text().strip()
 
 
-def add_version(store: Path, algorithm: str, version: str, *, status: str | None = None, test_accuracy=None,
-                minutes: float = 1, make_latest: bool = True) -> str:
+def add_version(
+    store: Path,
+    algorithm: str,
+    version: str,
+    *,
+    status: str | None = None,
+    test_accuracy=None,
+    minutes: float = 1,
+    make_latest: bool = True,
+) -> str:
     """Copy the latest version of `algorithm` as a new version `minutes` after it, with a status label."""
     name_dir = store / model_name(algorithm)
     source = name_dir / _latest(store, algorithm)
