@@ -60,6 +60,9 @@ REQUIRED_COLUMNS: tuple[str, ...] = (TARGET, *[f for f in FEATURES if Penguin.mo
 MISSING_MARKERS = frozenset({"", "na", "n/a", "nan", "null", "none", "."})
 
 metadata = MetaData()
+# MySQL/MariaDB: every character a CSV can hold (their `utf8` is 3 bytes: an emoji would be refused and stop the run),
+# compared exactly (a case-insensitive collation would make sources `A.csv` and `a.csv` one). Ignored elsewhere.
+TABLE_OPTIONS = {"mysql_charset": "utf8mb4", "mysql_collate": "utf8mb4_bin"}
 
 raw_table = Table(
     RAW_TABLE,
@@ -67,6 +70,7 @@ raw_table = Table(
     Column("source", String(RAW_TEXT), primary_key=True),
     Column("source_row", Integer, primary_key=True, autoincrement=False),
     *[Column(name, String(RAW_TEXT), nullable=True) for name in (TARGET, *FEATURES)],
+    **TABLE_OPTIONS,
 )
 
 clean_table = Table(
@@ -78,6 +82,7 @@ clean_table = Table(
     *[Column(name, Double, nullable=not Penguin.model_fields[name].is_required()) for name in NUMERIC_FEATURES],
     Column("source", String(RAW_TEXT), nullable=False),
     Column("source_row", Integer, nullable=False),
+    **TABLE_OPTIONS,
 )
 
 
@@ -97,6 +102,7 @@ class IngestReport:
     absent_columns: list[str] = field(default_factory=list)
     malformed_lines: int = 0
     truncated_values: int = 0
+    nul_values: int = 0  # values holding a NUL character (PostgreSQL stores none): each NUL became U+FFFD
     raw_rows_total: int = 0
 
     def as_dict(self) -> dict[str, Any]:
@@ -206,7 +212,7 @@ def ingest(url: str | None = None, csv: str | Path | None = None, source: str | 
     if missing_required:
         has = ", ".join(map(str, frame.columns))
         raise ValueError(f"{source}: no column {', '.join(missing_required)} (has: {has})")
-    truncated = 0
+    truncated = nuls = 0
     rows: list[dict[str, Any]] = []
     for number, record in enumerate(frame.to_dict("records"), start=1):
         row: dict[str, Any] = {"source": source[:RAW_TEXT], "source_row": number}
@@ -214,6 +220,8 @@ def ingest(url: str | None = None, csv: str | Path | None = None, source: str | 
             value = _text(record.get(column))
             if value is not None and len(value) > RAW_TEXT:
                 value, truncated = value[:RAW_TEXT], truncated + 1
+            if value is not None and "\x00" in value:
+                value, nuls = value.replace("\x00", "\ufffd"), nuls + 1
             row[column] = value
         rows.append(row)
 
@@ -238,6 +246,7 @@ def ingest(url: str | None = None, csv: str | Path | None = None, source: str | 
         absent_columns=absent,
         malformed_lines=malformed,
         truncated_values=truncated,
+        nul_values=nuls,
         raw_rows_total=int(total),
     )
 

@@ -32,6 +32,10 @@ BAD_CSV = textwrap.dedent(
     Adelie,Dream,NA,NA,NA,NA,NA,2007
     Chinstrap,dream,46.5,17.9,192,3500,unknown,2007
     Chinstrap,Dream,50.0,19.5,196,3900,,2007
+    Adélie,Dream,39.1,18.7,181,3750,male,2007
+    Adelie,Dream 🐧,39.1,18.7,181,3750,male,2007
+    Adelie,{"Dream" * 60},39.1,18.7,181,3750,male,2007
+    Adelie,Dream,39.1,18.7,181,3750,ma\x00le,2007
     Chinstrap,Dream,50.0,19.5,196,3900,male,2007,an,extra,field
     """
 )
@@ -81,16 +85,22 @@ def test_ingest_and_clean_are_idempotent(db_url):
 
 
 def test_bad_rows_are_counted_by_reason_and_never_crash(db_url, tmp_path):
+    # The clean table as the contract defines it, before any row is judged.
+    assert clean(db_url).rows_in == 0
+    schema = _columns(db_url, CLEAN_TABLE)
+    assert [c[0] for c in schema] == [c.name for c in clean_table.columns]
     csv = tmp_path / "field-notes.csv"
     csv.write_text(BAD_CSV)
     ingested = ingest(db_url, csv=csv)
     assert ingested.source == "field-notes.csv"
-    assert ingested.malformed_lines == 1 and ingested.rows_written == 13
+    assert ingested.malformed_lines == 1 and ingested.rows_written == 17
+    # Stored anyway (an emoji and accents in MariaDB too; a NUL, which PostgreSQL refuses, as U+FFFD), and counted.
+    assert ingested.truncated_values == 1 and ingested.nul_values == 1
     report = clean(db_url)
     assert report.rejected == {
         f"missing:{TARGET}": 1,
-        f"unknown_value:{TARGET}": 1,
-        "unknown_value:island": 1,
+        f"unknown_value:{TARGET}": 2,
+        "unknown_value:island": 3,
         "not_a_number:body_mass_g": 1,
         "out_of_range:body_mass_g": 2,
         "out_of_range:flipper_length_mm": 1,
@@ -98,15 +108,20 @@ def test_bad_rows_are_counted_by_reason_and_never_crash(db_url, tmp_path):
     }
     # The first line, its exact duplicate and its spelling variant (case, spaces, 211 vs 211.0) are one penguin.
     assert report.duplicates == 2
-    assert report.unknown_sex_set_missing == 1 and report.missing_sex == 1
-    assert report.rows_out == 3 == report.rows_in - report.rows_rejected - report.duplicates
+    assert report.unknown_sex_set_missing == 2 and report.missing_sex == 1
+    assert report.rows_out == 4 == report.rows_in - report.rows_rejected - report.duplicates
+    # Reported: the first rejected rows, each with its reason.
+    assert len(report.examples) == 10 and {e["reason"] for e in report.examples} <= set(report.rejected)
     rows = _rows(db_url, clean_table)
     assert [(r[TARGET], r["island"], r["sex"]) for r in rows] == [
         ("Gentoo", "Biscoe", "female"),
         ("Chinstrap", "Dream", None),
         ("Chinstrap", "Dream", None),
+        ("Adelie", "Dream", None),
     ]
     assert rows[0]["body_mass_g"] == 4500.0 and rows[0]["source_row"] == 1
+    # Bad rows never change the clean table's schema: same columns, types and nullability.
+    assert _columns(db_url, CLEAN_TABLE) == schema
 
 
 def test_sources_accumulate_and_duplicates_across_them_are_dropped(db_url, tmp_path):
