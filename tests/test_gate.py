@@ -7,13 +7,17 @@ import shutil
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 
+from penguins.contract import EXAMPLE_PENGUIN
 from penguins.gate import Decision, decide
 from penguins.serving import listing
 from penguins.store import REJECTED, STATUS_LABEL, Registry, model_name, scan
-from tests.servers import run_train
+from tests.servers import run_train, serve
+
+TOKEN = "gate-test-token"
 
 
 @pytest.fixture
@@ -131,20 +135,44 @@ def test_decision_metadata_has_no_none():
     assert None not in decision.as_metadata().values() and decision.as_metadata()["status"] == "promoted"
 
 
-def test_the_training_cli_gates_new_versions(tmp_path):
-    """Real CLI runs into a fresh store: random-forest seed 42 scores 1.0 on its held-out part, seed 7 0.971."""
+@pytest.mark.integration
+def test_the_gate_decides_what_a_real_server_serves(tmp_path):
+    """Real CLI runs into a fresh store served by a real `bentoml serve`: random-forest seed 42 scores 1.0 on its
+    held-out part, seed 7 0.971. With the default tolerance (0.01) seed 7 is kept but rejected and the server keeps
+    seed 42; with 0.05 it passes and is served. The listing shows the served and the rejected version."""
     home = tmp_path / "home"
     run_train(home, "--models", "random-forest")
     (first,) = scan(home / "models")[0]
-    worse = run_train(home, "--models", "random-forest", "--seed", "7")
-    assert "rejected" in worse.stdout
-    (still,) = scan(home / "models")[0]
-    assert still.tag == first.tag
-    registry = Registry(home / "models")
-    registry.reload()
-    (rejected,) = registry.snapshot.rejected
-    assert rejected.metadata["gate"]["served_tag"] == first.tag and rejected.metadata["gate"]["status"] == REJECTED
-    # A looser tolerance lets the same score through; it becomes the served version.
-    run_train(home, "--models", "random-forest", "--seed", "7", "--tolerance", "0.05")
-    (now,) = scan(home / "models")[0]
-    assert now.tag not in (first.tag, rejected.tag)
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    with serve(home, tmp_path / "serve.log", PENGUINS_ADMIN_TOKEN=TOKEN) as url:
+        worse = run_train(home, "--models", "random-forest", "--seed", "7")
+        assert "rejected" in worse.stdout
+        reloaded = httpx.post(f"{url}/reload", headers=auth)
+        assert reloaded.status_code == 200, reloaded.text
+        assert reloaded.json()["updated"] == [] and reloaded.json()["serving"] == [first.tag]
+
+        listing = httpx.post(f"{url}/models").json()
+        assert [m["tag"] for m in listing["models"]] == [first.tag]
+        (rejected,) = listing["rejected"]
+        assert rejected["tag"] != first.tag and rejected["name"] == first.name
+        gate = rejected["gate"]
+        assert gate["status"] == REJECTED and gate["served_tag"] == first.tag and gate["tolerance"] == 0.01
+        assert gate["served_score"] - rejected["metrics"]["test_accuracy"] > 0.01
+        # The rejected version is in the store but not served, neither by default nor when asked for by tag.
+        assert (home / "models" / first.name / rejected["tag"].split(":")[1] / "model.yaml").exists()
+        answer = httpx.post(f"{url}/classify_random_forest", json={"penguins": [EXAMPLE_PENGUIN]})
+        assert answer.status_code == 200 and answer.json()[0]["model"] == first.tag
+        asked = httpx.post(f"{url}/classify", json={"penguins": [EXAMPLE_PENGUIN], "model": rejected["tag"]})
+        assert asked.status_code == 404
+
+        # A looser tolerance lets the same score through: after reload it is served, the rejected one still listed.
+        looser = run_train(home, "--models", "random-forest", "--seed", "7", "--tolerance", "0.05")
+        assert "promoted" in looser.stdout
+        reloaded = httpx.post(f"{url}/reload", headers=auth).json()
+        (update,) = reloaded["updated"]
+        assert update["from"] == first.tag and update["to"] not in (first.tag, rejected["tag"])
+        listing = httpx.post(f"{url}/models").json()
+        assert [m["tag"] for m in listing["models"]] == [update["to"]]
+        assert [r["tag"] for r in listing["rejected"]] == [rejected["tag"]]
+        answer = httpx.post(f"{url}/classify", json={"penguins": [EXAMPLE_PENGUIN]})
+        assert answer.json()[0]["model"] == update["to"]
