@@ -68,9 +68,24 @@ def serve(
 ) -> Iterator[str]:
     """`bentoml serve <target>` over the store under `home`; yields the base URL once live."""
     port = free_port()
-    environment = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true", **env}
+    environment = {
+        **os.environ,
+        "BENTOML_HOME": str(home),
+        "BENTOML_DO_NOT_TRACK": "true",
+        "PENGUINS_LOG_DIR": str(log.parent / "prediction-logs"),  # each server its own, beside its output
+        **env,
+    }
     environment.pop("PROMETHEUS_MULTIPROC_DIR", None)  # the server manages its own
     command = [sys.executable, "-m", "bentoml", "serve", target, "--host", "127.0.0.1", "--port", str(port)]
     url = f"http://127.0.0.1:{port}"
     with running(command, log, environment, f"{url}/livez", timeout):
         yield url
+
+
+def workers_that_answered(server_output: str, path: str) -> set[str]:
+    """The worker ids in BentoML's access log lines that answered `path` with 200."""
+    return {
+        line.split("[entry_service:penguin_classifier:")[1].split("]")[0]
+        for line in server_output.splitlines()
+        if f"path={path}," in line and "status=200" in line and "[entry_service:penguin_classifier:" in line
+    }
