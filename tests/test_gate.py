@@ -78,6 +78,11 @@ def test_a_rejected_latest_leaves_the_previous_version_served(store, trained):
     assert [r.tag for r in shown.rejected] == [rejected]
     assert shown.rejected[0].metrics["test_accuracy"] == 0.5
     assert rejected not in {m.tag for m in shown.models}
+    # The store vanishing for a while keeps the loaded models served and the rejected version listed.
+    store.rename(store.with_name("moved-away"))
+    registry.reload()
+    assert registry.snapshot.models[model_name("knn")].tag == trained["knn"][1]
+    assert [r.tag for r in registry.snapshot.rejected] == [rejected]
 
 
 def test_the_newest_version_not_rejected_is_served(store):
