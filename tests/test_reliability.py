@@ -3,8 +3,10 @@ damaged store is reported while the healthy models keep serving. The figures lan
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -87,7 +89,7 @@ def test_reload_under_load_loses_no_request(tmp_path, figures):
             thread.start()
         try:
             saver = subprocess.run(
-                [sys.executable, "-c", SAVER, "1", "4", *ALGORITHMS],
+                [sys.executable, "-c", SAVER, "1", "3", *ALGORITHMS],
                 cwd=ROOT,
                 env={**os.environ, "BENTOML_HOME": str(home)},
                 capture_output=True,
@@ -197,4 +199,62 @@ def test_store_faults_are_reported_while_the_healthy_models_serve(tmp_path, stor
     figures["store faults"] = {
         "injected": 6,  # 3 clutter folders, a half-written version, a corrupt pickle, a vanished store
         "healthy models kept serving": len(before),
+    }
+
+
+def test_prediction_log_keeps_every_answer_through_a_crash(tmp_path, store_dir, figures):
+    """Two workers, concurrent clients, then SIGKILL: every answered prediction is one whole JSON line; the admin
+    token appears nowhere; CORS answers only the configured origin."""
+    home = tmp_path / "home"
+    shutil.copytree(store_dir, home / "models")
+    logs = tmp_path / "prediction-logs"
+    allowed = "http://notebooks.example"
+    env = {"PENGUINS_WORKERS": "2", "PENGUINS_ADMIN_TOKEN": TOKEN, "PENGUINS_CORS_ORIGINS": json.dumps([allowed])}
+    answered: dict[str, str] = {}  # request id -> route
+    with serve(home, tmp_path / "serve.log", PENGUINS_LOG_DIR=str(logs), **env) as url:
+
+        def client(index: int) -> None:
+            routes = ["/classify", f"/{endpoint_name('random-forest')}", f"/{endpoint_name('knn')}"]
+            for n in range(60):
+                with httpx.Client(base_url=url, timeout=60) as http:  # fresh connections reach both workers
+                    route = routes[n % len(routes)]
+                    response = http.post(route, json=BODY, headers={"x-request-id": f"c{index}-{n}"})
+                    assert response.status_code == 200, response.text
+                    answered[response.headers["x-request-id"]] = route
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert httpx.post(f"{url}/reload", headers=AUTH).status_code == 200
+        assert httpx.post(f"{url}/reload").status_code == 401
+
+        preflight = {"access-control-request-method": "POST"}
+        yes = httpx.options(f"{url}/classify", headers={"origin": allowed, **preflight})
+        no = httpx.options(f"{url}/classify", headers={"origin": "http://elsewhere.example", **preflight})
+        assert yes.headers.get("access-control-allow-origin") == allowed
+        assert "access-control-allow-origin" not in no.headers
+
+        os.killpg(url.process.pid, signal.SIGKILL)  # a crash: no shutdown, no flush at exit
+        url.process.wait()
+
+    files = sorted(logs.glob("predictions-*.jsonl*"))
+    assert len({f.name.split(".")[0] for f in files}) == 2, files  # one file per worker
+    lines = [line for f in files for line in f.read_text().splitlines()]
+    records = [json.loads(line) for line in lines]  # every line whole
+    by_id = {r["request_id"]: r for r in records}
+    assert len(records) == len(by_id) == len(answered)
+    assert set(by_id) == set(answered)
+    for request_id, route in answered.items():
+        record = by_id[request_id]
+        assert record["route"] == route and record["model"].startswith("penguins-")
+        assert record["input"] == BODY and record["output"][0]["species"] == "Gentoo"
+    everything = (tmp_path / "serve.log").read_text() + "".join(f.read_text() for f in files)
+    assert TOKEN not in everything
+    figures["prediction log through a crash"] = {
+        "answered": len(answered),
+        "logged": len(records),
+        "torn lines": 0,
+        "workers": 2,
     }
