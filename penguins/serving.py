@@ -65,10 +65,22 @@ class ModelInfo(BaseModel):
     metrics: dict[str, Any]
 
 
+class RejectedInfo(BaseModel):
+    name: str
+    tag: str
+    algorithm: str
+    trained_at: str | None
+    metrics: dict[str, Any]
+    gate: dict[str, Any] = Field(description="The promotion gate's decision: scores compared, tolerance, reason")
+
+
 class ModelListing(BaseModel):
     default: str | None
     models: list[ModelInfo]
     failures: list[FailureInfo]
+    rejected: list[RejectedInfo] = Field(
+        default_factory=list, description="Versions kept in the store but not served: the promotion gate rejected them"
+    )
 
 
 class ReloadReport(BaseModel):
@@ -113,6 +125,17 @@ def listing(snapshot: Snapshot, routes: dict[str, str]) -> ModelListing:
         default=best.tag if best else None,
         models=[info(m) for m in snapshot.models.values()],
         failures=failures(snapshot.failures),
+        rejected=[
+            RejectedInfo(
+                name=r.name,
+                tag=r.tag,
+                algorithm=r.algorithm,
+                trained_at=r.metadata.get("trained_at"),
+                metrics={k: r.metadata[k] for k in METRIC_KEYS if k in r.metadata},
+                gate=r.metadata.get("gate", {}),
+            )
+            for r in snapshot.rejected
+        ],
     )
 
 
