@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -42,6 +43,22 @@ def trained(frame):
 @pytest.fixture(scope="session")
 def store_dir(trained) -> Path:
     return Path(os.environ["BENTOML_HOME"]) / "models"
+
+
+@pytest.fixture
+def store(tmp_path, store_dir, trained) -> Path:
+    """A private copy of the session store (all five models), safe to damage."""
+    copy = tmp_path / "home" / "models"
+    shutil.copytree(store_dir, copy)
+    return copy
+
+
+def version_dir(store: Path, algorithm: str) -> Path:
+    """The folder of a model's `latest` version in a store."""
+    from penguins.store import model_name
+
+    name_dir = store / model_name(algorithm)
+    return name_dir / (name_dir / "latest").read_text().strip()
 
 
 @pytest.fixture(scope="session")

@@ -20,14 +20,6 @@ from tests.servers import run_train, serve
 TOKEN = "gate-test-token"
 
 
-@pytest.fixture
-def store(tmp_path, store_dir, trained) -> Path:
-    """A private copy of the session store (one version of each of the five models)."""
-    copy = tmp_path / "home" / "models"
-    shutil.copytree(store_dir, copy)
-    return copy
-
-
 def _latest(store: Path, algorithm: str) -> str:
     return (store / model_name(algorithm) / "latest").read_text().strip()
 

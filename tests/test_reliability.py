@@ -12,7 +12,6 @@ import sys
 import threading
 import time
 from collections import Counter
-from pathlib import Path
 
 import bentoml
 import httpx
@@ -20,6 +19,7 @@ import pytest
 
 from penguins.contract import EXAMPLE_PENGUIN
 from penguins.store import STORE_FAILURE, endpoint_name, model_name, scan
+from tests.conftest import version_dir
 from tests.servers import ROOT, run_train, serve, workers_that_answered
 
 pytestmark = pytest.mark.integration
@@ -135,11 +135,6 @@ def test_reload_under_load_loses_no_request(tmp_path, figures):
     }
 
 
-def _version_dir(store: Path, algorithm: str) -> Path:
-    name_dir = store / model_name(algorithm)
-    return name_dir / (name_dir / "latest").read_text().strip()
-
-
 def test_store_faults_are_reported_while_the_healthy_models_serve(tmp_path, store_dir, figures):
     home = tmp_path / "home"
     store = home / "models"
@@ -158,7 +153,7 @@ def test_store_faults_are_reported_while_the_healthy_models_serve(tmp_path, stor
         (knn / "halfwritten").mkdir()
         (knn / "latest").write_text("halfwritten")
         # A complete-looking new version whose pickle is corrupt.
-        good = _version_dir(store, "svm")
+        good = version_dir(store, "svm")
         corrupt = good.with_name("corruptpickle")
         shutil.copytree(good, corrupt)
         (corrupt / "model.yaml").write_text((corrupt / "model.yaml").read_text().replace(good.name, corrupt.name))

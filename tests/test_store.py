@@ -1,25 +1,10 @@
 """The store as the service sees it: a dirty store is tolerated, changes are reported, models cached by tag."""
 
 import shutil
-from pathlib import Path
-
-import pytest
 
 from penguins.contract import Penguin, Prediction
 from penguins.store import STORE_FAILURE, Registry, model_name, scan
-
-
-@pytest.fixture
-def store(tmp_path, store_dir, trained) -> Path:
-    """A private copy of the session store (all five models), safe to damage."""
-    copy = tmp_path / "home" / "models"
-    shutil.copytree(store_dir, copy)
-    return copy
-
-
-def _version_dir(store: Path, algorithm: str) -> Path:
-    name_dir = store / model_name(algorithm)
-    return name_dir / (name_dir / "latest").read_text().strip()
+from tests.conftest import version_dir
 
 
 def test_scan_finds_every_penguin_model(store, trained):
@@ -33,7 +18,7 @@ def test_scan_ignores_clutter_and_other_projects_models(store):
     (store / "lost+found").mkdir()
     (store / "README.txt").write_text("not a model")
     other = store / "someone-elses-model"
-    shutil.copytree(_version_dir(store, "knn").parent, other)
+    shutil.copytree(version_dir(store, "knn").parent, other)
     yaml = next(other.glob("*/model.yaml"))
     yaml.write_text(yaml.read_text().replace("project: palmer-penguins", "project: other"))
     found, failures = scan(store)
@@ -46,7 +31,7 @@ def test_broken_models_are_reported_by_name_and_the_others_serve(store):
     (half / "latest").write_text("halfwritten")
     (half / "halfwritten").mkdir()
     # Corrupt pickle in a complete-looking model.
-    (_version_dir(store, "svm") / "saved_model.pkl").write_bytes(b"not a pickle")
+    (version_dir(store, "svm") / "saved_model.pkl").write_bytes(b"not a pickle")
     registry = Registry(store)
     change = registry.reload()
     failed = {f.name: f for f in change.failed}
@@ -66,7 +51,7 @@ def test_a_broken_new_version_keeps_the_old_one_serving(store):
     old = registry.snapshot.models[model_name("svm")]
     name_dir = store / model_name("svm")
     broken = name_dir / "zzzbroken"
-    shutil.copytree(_version_dir(store, "svm"), broken)
+    shutil.copytree(version_dir(store, "svm"), broken)
     (broken / "model.yaml").write_text((broken / "model.yaml").read_text().replace(old.tag.split(":")[1], "zzzbroken"))
     (broken / "saved_model.pkl").write_bytes(b"garbage")
     (name_dir / "latest").write_text("zzzbroken")
