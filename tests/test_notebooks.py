@@ -88,7 +88,10 @@ def test_train_reloads_and_classifies_through_a_real_server(tmp_path):
     token = "notebook-test-token"
     with serve(tmp_path, tmp_path / "server.log", PENGUINS_ADMIN_TOKEN=token) as url:
         notebook = execute(
-            "02-train.ipynb", tmp_path, PENGUINS_API_URL=url, PENGUINS_ADMIN_TOKEN=token,
+            "02-train.ipynb",
+            tmp_path,
+            PENGUINS_API_URL=url,
+            PENGUINS_ADMIN_TOKEN=token,
             PENGUINS_NOTEBOOK_MODELS="logistic-regression knn",
         )
         assert "serving:" in outputs_text(notebook)
