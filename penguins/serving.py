@@ -5,14 +5,27 @@ from __future__ import annotations
 
 import hmac
 import json
+import time
+import uuid
 from collections.abc import Callable
 from functools import cache
-from typing import Any
+from typing import Annotated, Any
 
+from bentoml.validators import ContentType
 from pydantic import BaseModel, Field
 
+from penguins.contract import Penguin, Prediction
+from penguins.predlog import PredictionLog, worker_index
 from penguins.settings import Settings, get_settings
 from penguins.store import Change, Failure, LoadedModel, Registry, Snapshot, default_store_dir, endpoint_name
+
+# The endpoints' input and output types (also used by the benchmark's no-op service, to compare like with like).
+Penguins = Annotated[
+    list[Penguin], Field(min_length=1, max_length=get_settings().max_penguins, description="Penguins to classify")
+]
+# An explicit media type: without it BentoML 1.4.39 rebuilds the JSON schema of a list output on every response
+# just to find out it is JSON (~20% of a small request's CPU).
+Predictions = Annotated[list[Prediction], ContentType("application/json")]
 
 TRAIN_HINT = "train one (python train.py) and call reload"
 
@@ -140,7 +153,8 @@ class Gateway:
     - refuses bodies over the configured size from Content-Length, and while streaming, before parsing;
     - answers 503 on a per-model route whose model is not loaded (the batched endpoint itself cannot answer one
       request of a batch with an error of its own);
-    - requires the admin bearer token, when configured, on state-changing routes.
+    - requires the admin bearer token, when configured, on state-changing routes;
+    - writes the prediction log, per request even inside a batch, before the response's last byte is sent.
     """
 
     def __init__(
@@ -152,10 +166,20 @@ class Gateway:
     ):
         self.app = app
         self.route_models = {route: name for name, route in model_routes.items()}
+        self.prediction_routes = {"/classify", *self.route_models}
         self.admin_routes = admin_routes
         self.settings = settings or get_settings()
         token = self.settings.admin_token
         self.token = token.get_secret_value().encode() if token else None
+        self._log: PredictionLog | None = None
+
+    def prediction_log(self) -> PredictionLog | None:
+        # Made on first use, in the worker (the worker index is known only there), never at import.
+        if self._log is None and self.settings.log_dir is not None:
+            self._log = PredictionLog(
+                self.settings.log_dir, self.settings.log_max_bytes, self.settings.log_backups, worker_index()
+            )
+        return self._log
 
     async def __call__(self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
         if scope["type"] != "http":
@@ -168,7 +192,7 @@ class Gateway:
             if not hmac.compare_digest(supplied, b"Bearer " + self.token):
                 return await _respond(
                     send,
-                    *error_body(401, "reload needs the admin bearer token"),
+                    *error_body(401, f"{path} needs the admin bearer token"),
                     extra_headers=[(b"www-authenticate", b"Bearer")],
                 )
 
@@ -188,30 +212,78 @@ class Gateway:
             return await _respond(send, *error_body(503, f"model {name} is not loaded: {TRAIN_HINT}", model=name))
 
         if declared is None and scope.get("method") == "POST":
-            receive = _limited(receive, limit)
-        try:
-            await self.app(scope, receive, send)
-        except _BodyTooLarge:
-            await _respond(send, *error_body(413, f"request body over {limit} bytes", limit_bytes=limit))
+            # No Content-Length (chunked): read it here, bounded, and replay it; BentoML buffers it whole anyway.
+            body = await _read_bounded(receive, limit)
+            if body is None:
+                return await _respond(send, *error_body(413, f"request body over {limit} bytes", limit_bytes=limit))
+            receive = _replay(body, receive)
+        log = self.prediction_log() if path in self.prediction_routes else None
+        if log is not None:
+            receive, send = _recorded(scope, receive, send, log, headers)
+        await self.app(scope, receive, send)
 
 
-class _BodyTooLarge(Exception):
-    pass
+def _recorded(scope, receive, send, log: PredictionLog, headers: dict[bytes, bytes]):
+    """Wrap receive/send to keep copies of both bodies; log a 200 before its final body message goes out."""
+    request_id = headers.get(b"x-request-id", b"").decode("latin-1")[:128] or uuid.uuid4().hex
+    started = time.perf_counter()
+    request_chunks: list[bytes] = []
+    response_chunks: list[bytes] = []
+    status = 0
 
-
-def _limited(receive: Callable[..., Any], limit: int) -> Callable[..., Any]:
-    seen = 0
-
-    async def guarded() -> dict[str, Any]:
-        nonlocal seen
+    async def receive_recorded() -> dict[str, Any]:
         message = await receive()
         if message["type"] == "http.request":
-            seen += len(message.get("body", b""))
-            if seen > limit:
-                raise _BodyTooLarge
+            request_chunks.append(message.get("body", b""))
         return message
 
-    return guarded
+    async def send_recorded(message: dict[str, Any]) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+            message = {**message, "headers": [*message.get("headers", []), (b"x-request-id", request_id.encode())]}
+        elif message["type"] == "http.response.body" and status == 200:
+            response_chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                log.write(
+                    request_id,
+                    scope["path"],
+                    b"".join(request_chunks),
+                    b"".join(response_chunks),
+                    time.perf_counter() - started,
+                )
+        await send(message)
+
+    return receive_recorded, send_recorded
+
+
+async def _read_bounded(receive: Callable[..., Any], limit: int) -> bytes | None:
+    """The whole request body, or None as soon as it passes `limit` bytes."""
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return b"".join(chunks)
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Callable[..., Any]) -> Callable[..., Any]:
+    sent = False
+
+    async def replayed() -> dict[str, Any]:
+        nonlocal sent
+        if sent:
+            return await receive()  # what comes after the body: a disconnect
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replayed
 
 
 async def _respond(send: Callable[..., Any], status: int, body: bytes, extra_headers: list | None = None) -> None:

@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 
 from penguins.contract import Penguin, Prediction
+from penguins.explain import CUSTOM_OBJECT as EXPLAIN_OBJECT
+from penguins.explain import Explainer, Explanation
 from penguins.predict import OnnxPredictor, Predictor, SklearnPredictor, columns_of
 
 PROJECT = "palmer-penguins"
@@ -117,6 +119,8 @@ class LoadedModel:
     algorithm: str
     metadata: dict[str, Any]
     predictor: Predictor
+    # The explanation data saved with the model; None for a model saved before explanations existed.
+    explainer: Explainer | None = None
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -126,17 +130,25 @@ class LoadedModel:
     def cv_accuracy(self) -> float:
         return float(self.metadata.get("cv_accuracy_mean", 0.0))
 
-    def predict(self, penguins: Sequence[Penguin]) -> list[Prediction]:
+    def predict(self, penguins: Sequence[Penguin]) -> list[dict[str, Any]]:
+        """One `Prediction`-shaped row per penguin, built from the arrays directly.
+
+        Plain dicts, not pydantic objects: for 10,000 penguins building `Prediction`s cost ~250 ms, these ~20 ms.
+        """
         labels, probabilities = self.predictor.predict(columns_of(penguins))
-        classes = self.classes
-        rows = np.asarray(probabilities, dtype=np.float64).tolist()
-        # model_construct: values come straight from the model, already of the contract's types.
+        classes, tag = self.classes, self.tag
         return [
-            Prediction.model_construct(
-                species=str(label), probabilities=dict(zip(classes, row, strict=True)), model=self.tag
+            {"species": label, "probabilities": dict(zip(classes, row, strict=True)), "model": tag}
+            for label, row in zip(
+                np.asarray(labels).tolist(), np.asarray(probabilities, dtype=np.float64).tolist(), strict=True
             )
-            for label, row in zip(labels.tolist() if hasattr(labels, "tolist") else labels, rows, strict=True)
         ]
+
+    def explain(self, penguin: Penguin, k: int) -> Explanation:
+        """The prediction (the same predictor as classify) with the saved explanation data around it."""
+        if self.explainer is None:
+            raise LookupError(f"model {self.tag} was saved without explanation data")
+        return self.explainer.explain(penguin, Prediction.model_validate(self.predict([penguin])[0]), k)
 
 
 def load(stored: StoredModel, compiled: bool = True) -> LoadedModel:
@@ -159,7 +171,14 @@ def load(stored: StoredModel, compiled: bool = True) -> LoadedModel:
                 predictor = OnnxPredictor(onnx_bytes, classes)
         except Exception as error:
             raise ValueError(f"cannot open the compiled ONNX form ({_reason(error)})") from error
-    return LoadedModel(stored.name, stored.tag, stored.algorithm, metadata, predictor)
+    explainer = None
+    try:
+        saved = model.custom_objects.get(EXPLAIN_OBJECT)
+        if saved is not None:
+            explainer = Explainer.from_saved(saved, pipeline)
+    except Exception as error:
+        raise ValueError(f"cannot use the saved explanation data ({_reason(error)})") from error
+    return LoadedModel(stored.name, stored.tag, stored.algorithm, metadata, predictor, explainer)
 
 
 @dataclass(frozen=True)

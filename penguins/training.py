@@ -26,6 +26,8 @@ from sklearn.svm import SVC
 
 from penguins.contract import CATEGORICAL_FEATURES, FEATURES, NUMERIC_FEATURES, TARGET, Penguin
 from penguins.data import fingerprint
+from penguins.explain import CUSTOM_OBJECT as EXPLAIN_OBJECT
+from penguins.explain import build as build_explanation
 from penguins.predict import check_compiled, compile_onnx
 from penguins.store import labels_for, model_name
 
@@ -72,6 +74,8 @@ class TrainedModel:
     provenance: dict[str, Any]
     onnx: bytes | None = None
     compiled: dict[str, Any] = field(default_factory=dict)
+    # What explanations need (training rows, their preprocessed form, the PCA map, importances): see explain.py.
+    explanation: dict[str, Any] | None = None
 
     @property
     def name(self) -> str:
@@ -120,6 +124,7 @@ def train(algorithm: str, frame: pd.DataFrame, seed: int = DEFAULT_SEED, compile
         "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     trained = TrainedModel(algorithm, pipeline, metrics, provenance)
+    trained.explanation = build_explanation(pipeline, x_train, y_train, x_test, y_test, seed)
     if compile:
         try:
             trained.onnx = compile_onnx(pipeline)
@@ -140,13 +145,17 @@ def save(trained: TrainedModel) -> str:
         "algorithm": trained.algorithm,
         "compiled": trained.compiled,
     }
-    custom_objects = {"onnx": trained.onnx} if trained.onnx is not None else None
+    custom_objects: dict[str, Any] = {}
+    if trained.onnx is not None:
+        custom_objects["onnx"] = trained.onnx
+    if trained.explanation is not None:
+        custom_objects[EXPLAIN_OBJECT] = trained.explanation
     saved = bentoml.sklearn.save_model(
         trained.name,
         trained.pipeline,
         labels=labels_for(trained.algorithm),
         metadata=metadata,
-        custom_objects=custom_objects,
+        custom_objects=custom_objects or None,
     )
     return str(saved.tag)
 

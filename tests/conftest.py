@@ -9,6 +9,7 @@ from pathlib import Path
 os.environ["BENTOML_DO_NOT_TRACK"] = "true"
 os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="penguins-tests-home-")
 os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="penguins-tests-prom-")
+os.environ["PENGUINS_LOG_DIR"] = tempfile.mkdtemp(prefix="penguins-tests-logs-")
 
 import pytest  # noqa: E402
 
@@ -56,6 +57,19 @@ def client(svc):
 
     with TestClient(svc.to_asgi()) as test_client:
         yield test_client
+
+
+@pytest.fixture(scope="session")
+def log_dir() -> Path:
+    return Path(os.environ["PENGUINS_LOG_DIR"])
+
+
+def read_prediction_log(directory: Path):
+    """The README's one-liner."""
+    import pandas as pd
+
+    files = sorted(directory.glob("predictions-*.jsonl*"))
+    return pd.concat(pd.read_json(f, lines=True) for f in files) if files else pd.DataFrame()
 
 
 @pytest.fixture

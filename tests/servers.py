@@ -26,35 +26,33 @@ def run_train(home: Path, *args: str) -> subprocess.CompletedProcess:
     """The real CLI, in its own process, into the store under `home`."""
     return subprocess.run(
         [sys.executable, str(ROOT / "train.py"), "--store", str(home), *args],
-        cwd=ROOT, capture_output=True, text=True, timeout=300, check=True,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
     )
 
 
 @contextlib.contextmanager
-def serve(home: Path, log: Path, timeout: float = 90, **env: str) -> Iterator[str]:
-    """`bentoml serve service:PenguinClassifier` over the store under `home`; yields the base URL once live."""
-    port = free_port()
-    environment = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true", **env}
-    environment.pop("PROMETHEUS_MULTIPROC_DIR", None)  # the server manages its own
+def running(command: list[str], log: Path, env: dict[str, str], health: str, timeout: float = 90) -> Iterator[None]:
+    """Run a server command in its own process group until `health` answers 200; stop it on exit."""
     with log.open("w") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "bentoml", "serve", "service:PenguinClassifier", "--host", "127.0.0.1",
-             "--port", str(port)],
-            cwd=ROOT, env=environment, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
-    url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout
         while True:
             if process.poll() is not None:
-                raise RuntimeError(f"bentoml serve exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+                raise RuntimeError(f"{command[:4]} exited with {process.returncode}:\n{log.read_text()[-3000:]}")
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/livez", timeout=2).status_code == 200:
+                if httpx.get(health, timeout=2).status_code == 200:
                     break
             if time.monotonic() > deadline:
-                raise TimeoutError(f"bentoml serve not live after {timeout}s:\n{log.read_text()[-3000:]}")
+                raise TimeoutError(f"{command[:4]} not live after {timeout}s:\n{log.read_text()[-3000:]}")
             time.sleep(0.3)
-        yield url
+        yield
     finally:
         os.killpg(process.pid, 15)
         try:
@@ -62,3 +60,17 @@ def serve(home: Path, log: Path, timeout: float = 90, **env: str) -> Iterator[st
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, 9)
             process.wait()
+
+
+@contextlib.contextmanager
+def serve(
+    home: Path, log: Path, target: str = "service:PenguinClassifier", timeout: float = 90, **env: str
+) -> Iterator[str]:
+    """`bentoml serve <target>` over the store under `home`; yields the base URL once live."""
+    port = free_port()
+    environment = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true", **env}
+    environment.pop("PROMETHEUS_MULTIPROC_DIR", None)  # the server manages its own
+    command = [sys.executable, "-m", "bentoml", "serve", target, "--host", "127.0.0.1", "--port", str(port)]
+    url = f"http://127.0.0.1:{port}"
+    with running(command, log, environment, f"{url}/livez", timeout):
+        yield url

@@ -19,8 +19,15 @@ def test_features_are_the_model_fields():
     assert SEXES == ("female", "male")
 
 
-@pytest.mark.parametrize(("field", "given", "stored"), [("island", "dream", "Dream"), ("island", " TORGERSEN ", "Torgersen"),
-                                                         ("sex", "Male", "male"), ("sex", "FEMALE", "female")])
+@pytest.mark.parametrize(
+    ("field", "given", "stored"),
+    [
+        ("island", "dream", "Dream"),
+        ("island", " TORGERSEN ", "Torgersen"),
+        ("sex", "Male", "male"),
+        ("sex", "FEMALE", "female"),
+    ],
+)
 def test_vocabularies_are_case_insensitive(example, field, given, stored):
     assert getattr(Penguin(**{**example, field: given}), field) == stored
 
@@ -31,8 +38,10 @@ def test_sex_is_optional(example):
     assert Penguin(**{**example, "sex": None}).sex is None
 
 
-@pytest.mark.parametrize(("field", "value", "allowed"), [("island", "Mars", "'Biscoe', 'Dream' or 'Torgersen'"),
-                                                         ("sex", "unknown", "'female' or 'male'")])
+@pytest.mark.parametrize(
+    ("field", "value", "allowed"),
+    [("island", "Mars", "'Biscoe', 'Dream' or 'Torgersen'"), ("sex", "unknown", "'female' or 'male'")],
+)
 def test_unknown_category_names_field_and_allowed_values(example, field, value, allowed):
     with pytest.raises(ValidationError) as error:
         Penguin(**{**example, field: value})

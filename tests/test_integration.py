@@ -31,7 +31,9 @@ def test_empty_store_to_serving_to_retrained(tmp_path):
         run_train(home, "--models", "logistic-regression", "random-forest")
         report = client.reload()
         assert sorted(tag.split(":")[0] for tag in report["added"]) == [
-            model_name("logistic-regression"), model_name("random-forest")]
+            model_name("logistic-regression"),
+            model_name("random-forest"),
+        ]
         assert httpx.get(f"{url}/readyz").status_code == 200
         first_rf = next(t for t in report["added"] if t.startswith(model_name("random-forest")))
 
@@ -61,8 +63,9 @@ def test_empty_store_to_serving_to_retrained(tmp_path):
         assert bad.value.error_code == 400 and "Biscoe" in str(bad.value)
 
         listing = client.models()
-        assert {m["name"] for m in listing["models"]} == {model_name(a) for a in ("logistic-regression",
-                                                                                  "random-forest", "knn")}
+        assert {m["name"] for m in listing["models"]} == {
+            model_name(a) for a in ("logistic-regression", "random-forest", "knn")
+        }
 
 
 def test_one_reload_reaches_every_worker(tmp_path):
@@ -85,6 +88,9 @@ def test_one_reload_reaches_every_worker(tmp_path):
         assert served == {update["to"]}
     # The test means something only if both workers answered classify after the reload.
     log = (tmp_path / "serve.log").read_text()
-    workers = {line.split("[entry_service:penguin_classifier:")[1].split("]")[0]
-               for line in log.splitlines() if "path=/classify_logistic_regression" in line and "status=200" in line}
+    workers = {
+        line.split("[entry_service:penguin_classifier:")[1].split("]")[0]
+        for line in log.splitlines()
+        if "path=/classify_logistic_regression" in line and "status=200" in line
+    }
     assert workers == {"1", "2"}, workers

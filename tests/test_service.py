@@ -106,3 +106,15 @@ def test_health_and_metrics_are_bentomls_own(client):
     assert client.get("/livez").status_code == 200
     assert client.get("/readyz").status_code == 200
     assert "bentoml_service_request" in client.get("/metrics").text
+
+
+def test_generic_classify_output_keeps_the_contract_for_a_bulk_request(client, frame):
+    from pydantic import TypeAdapter
+
+    from penguins.contract import FEATURES, Prediction
+
+    rows = frame[list(FEATURES)].dropna().sample(n=2000, replace=True, random_state=1)
+    response = _post(client, "/classify", penguins=rows.to_dict("records"), model="random-forest")
+    assert response.status_code == 200
+    predictions = TypeAdapter(list[Prediction]).validate_python(response.json())
+    assert len(predictions) == 2000 and {p.species for p in predictions} == set(SPECIES)

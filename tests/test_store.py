@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from penguins.contract import Penguin
+from penguins.contract import Penguin, Prediction
 from penguins.store import Registry, model_name, scan
 
 
@@ -54,8 +54,9 @@ def test_broken_models_are_reported_by_name_and_the_others_serve(store):
     assert failed[model_name("knn")].tag == f"{model_name('knn')}:halfwritten"
     assert "model.yaml" in failed[model_name("knn")].reason
     assert "cannot unpickle" in failed[model_name("svm")].reason
-    assert set(registry.snapshot.models) == {model_name(a) for a in ("logistic-regression", "random-forest",
-                                                                     "gradient-boosting")}
+    assert set(registry.snapshot.models) == {
+        model_name(a) for a in ("logistic-regression", "random-forest", "gradient-boosting")
+    }
     assert registry.snapshot.failures  # also shown by the listing
 
 
@@ -115,7 +116,8 @@ def test_loaded_models_predict_with_probabilities_that_sum_to_one(store, example
     registry = Registry(store)
     registry.reload()
     for model in registry.snapshot.models.values():
-        (prediction,) = model.predict([Penguin(**example)])
+        (row,) = model.predict([Penguin(**example)])
+        prediction = Prediction.model_validate(row)  # the rows keep the output contract
         assert prediction.species == "Gentoo" and prediction.model == model.tag
         assert abs(sum(prediction.probabilities.values()) - 1) < 1e-5
         assert model.predictor.kind == "onnx"
@@ -126,4 +128,4 @@ def test_sklearn_fallback_when_compiled_forms_are_off(store, example):
     registry.reload()
     model = registry.snapshot.models[model_name("random-forest")]
     assert model.predictor.kind == "sklearn"
-    assert model.predict([Penguin(**example)])[0].species == "Gentoo"
+    assert model.predict([Penguin(**example)])[0]["species"] == "Gentoo"

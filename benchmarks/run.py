@@ -1,0 +1,255 @@
+"""One-command benchmark: in-process predictors, the BentoML no-op ceiling, our service, and the workshop-style
+baseline, all started here on loopback and measured in the same run, with ratios.
+
+    uv run python benchmarks/run.py            # full: 10 s per load point (about 5 minutes)
+    uv run python benchmarks/run.py --quick    # short: 3 s per point (what CI runs, so it cannot rot)
+
+Needs `wrk` (Debian package) as the load generator: a closed loop of N connections, in its own process.
+Prints a table and writes it as JSON (bench-results/benchmark.json by default).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import httpx  # noqa: E402
+
+from penguins.contract import EXAMPLE_PENGUIN  # noqa: E402
+from tests.servers import free_port, run_train, running, serve  # noqa: E402
+
+MODELS = ("random-forest", "logistic-regression")
+CONCURRENCY = (1, 8, 32, 64)
+BULK_ROWS = 10_000
+
+
+def wrk(url: str, body: dict, connections: int, seconds: float) -> dict:
+    command = [
+        "wrk",
+        "-t1",
+        f"-c{connections}",
+        f"-d{seconds}s",
+        "--timeout",
+        "10s",
+        "--latency",
+        "-s",
+        str(ROOT / "benchmarks" / "wrk.lua"),
+        url,
+    ]
+    out = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=seconds + 60,
+        env={**os.environ, "BENCH_BODY": json.dumps(body)},
+    ).stdout
+    stats = json.loads(out.strip().splitlines()[-1])
+    return {
+        "concurrency": connections,
+        # Failed requests are counted apart, never as throughput.
+        "rps": (stats["requests"] - stats["errors"]) / (stats["duration_us"] / 1e6),
+        "p50_ms": stats["p50_us"] / 1e3,
+        "p99_ms": stats["p99_us"] / 1e3,
+        "errors": stats["errors"],
+        "requests": stats["requests"],
+    }
+
+
+def load_curve(url: str, body: dict, seconds: float) -> list[dict]:
+    wrk(url, body, 8, min(seconds, 1))  # warm-up: first requests pay imports, batching calibration
+    return [wrk(url, body, c, seconds) for c in CONCURRENCY]
+
+
+def in_process(home: Path) -> dict:
+    """Rows/s on 10,000-row batches and one-row latency, sklearn pipeline vs ONNX, in this process."""
+    code = f"""
+import json, time, statistics, numpy as np
+from penguins.data import load_penguins
+from penguins.predict import SklearnPredictor, columns_from_frame
+from penguins.store import Registry, load, scan, default_store_dir
+frame = load_penguins()
+big = columns_from_frame(frame.sample(n={BULK_ROWS}, replace=True, random_state=0))
+one = columns_from_frame(frame.head(1))
+def timed(f, n):
+    f(); times = []
+    for _ in range(n):
+        t = time.perf_counter(); f(); times.append(time.perf_counter() - t)
+    return statistics.median(times)
+out = {{}}
+for stored in scan(default_store_dir())[0]:
+    onnx = load(stored).predictor
+    sk = SklearnPredictor(load(stored, compiled=False).predictor.pipeline)
+    for kind, p in (("sklearn", sk), ("onnx", onnx)):
+        out[f"{{stored.algorithm}}/{{kind}}"] = {{
+            "bulk_rows_per_s": {BULK_ROWS} / timed(lambda: p.predict(big), 5),
+            "one_row_ms": timed(lambda: p.predict(one), 200) * 1e3,
+        }}
+print(json.dumps(out))
+"""
+    env = {**os.environ, "BENTOML_HOME": str(home)}
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def bulk(url: str, repeats: int) -> dict:
+    import random
+
+    rng = random.Random(0)
+    penguins = [{**EXAMPLE_PENGUIN, "bill_length_mm": round(rng.uniform(35, 55), 1)} for _ in range(BULK_ROWS)]
+    body = json.dumps({"penguins": penguins, "model": "random-forest"}).encode()
+    times = []
+    with httpx.Client(timeout=120) as client:
+        for _ in range(repeats + 1):
+            start = time.perf_counter()
+            response = client.post(f"{url}/classify", content=body, headers={"Content-Type": "application/json"})
+            times.append(time.perf_counter() - start)
+            assert response.status_code == 200 and len(response.json()) == BULK_ROWS, response.text[:300]
+    seconds = statistics.median(times[1:])
+    return {"rows": BULK_ROWS, "seconds": seconds, "rows_per_s": BULK_ROWS / seconds}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="3 s per load point instead of 10")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench-results" / "benchmark.json")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("benchmarks need wrk: apt-get install wrk")
+    seconds = 3 if args.quick else 10
+    single = {"penguins": [EXAMPLE_PENGUIN]}
+    results: dict = {
+        "mode": "quick" if args.quick else "full",
+        "seconds_per_point": seconds,
+        "settings": {k: v for k, v in os.environ.items() if k.startswith("PENGUINS_")},
+    }
+
+    with tempfile.TemporaryDirectory(prefix="penguins-bench-") as tmp:
+        home, logs = Path(tmp) / "home", Path(tmp)
+        print("training the benchmarked models ...", file=sys.stderr)
+        run_train(home, "--models", *MODELS)
+        print("in-process ...", file=sys.stderr)
+        results["in_process"] = in_process(home)
+
+        print("BentoML no-op ceiling ...", file=sys.stderr)
+        with serve(home, logs / "noop.log", target="benchmarks.noop_service:Noop") as url:
+            results["ceiling"] = load_curve(f"{url}/classify", single, seconds)
+
+        print("our service ...", file=sys.stderr)
+        with serve(home, logs / "service.log") as url:
+            results["ours"] = {m: load_curve(f"{url}/classify_{m.replace('-', '_')}", single, seconds) for m in MODELS}
+            results["bulk"] = bulk(url, repeats=2 if args.quick else 5)
+
+        results["baseline"] = {}
+        for model in MODELS:
+            print(f"baseline (FastAPI + uvicorn, {model}) ...", file=sys.stderr)
+            port = free_port()
+            env = {**os.environ, "BENTOML_HOME": str(home), "BASELINE_MODEL": f"penguins-{model}"}
+            command = [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "benchmarks.baseline_app:app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--log-level",
+                "warning",
+            ]
+            with running(command, logs / f"baseline-{model}.log", env, f"http://127.0.0.1:{port}/livez"):
+                results["baseline"][model] = load_curve(f"http://127.0.0.1:{port}/predict", EXAMPLE_PENGUIN, seconds)
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2))
+    results["ratios"] = ratios(results)
+    args.out.write_text(json.dumps(results, indent=2))
+    print_table(results)
+    print(f"\nwritten to {args.out}")
+    return 0
+
+
+def ratios(results: dict) -> dict:
+    out: dict = {}
+    ceiling = {p["concurrency"]: p for p in results["ceiling"]}
+    for model, curve in results["ours"].items():
+        base = {p["concurrency"]: p for p in results["baseline"][model]}
+        out[model] = [
+            {
+                "concurrency": p["concurrency"],
+                "ours_over_baseline_rps": _ratio(p["rps"], base[p["concurrency"]]["rps"]),
+                "ours_over_ceiling_rps": _ratio(p["rps"], ceiling[p["concurrency"]]["rps"]),
+                "ours_over_ceiling_p99": _ratio(p["p99_ms"], ceiling[p["concurrency"]]["p99_ms"]),
+            }
+            for p in curve
+        ]
+    sklearn_rf = results["in_process"]["random-forest/sklearn"]["bulk_rows_per_s"]
+    out["bulk_over_in_process_sklearn"] = results["bulk"]["rows_per_s"] / sklearn_rf
+    return out
+
+
+def _ratio(a: float, b: float) -> float | None:
+    """None when the baseline answered nothing in the time given (too slow to measure at that load)."""
+    return a / b if b else None
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def print_table(results: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=160)
+    table = Table(title=f"in-process predictors ({BULK_ROWS:,}-row batches; one row)")
+    for column in ("model / predictor", "rows/s (bulk)", "one row (ms)"):
+        table.add_column(column, justify="right")
+    for key, value in results["in_process"].items():
+        table.add_row(key, f"{value['bulk_rows_per_s']:,.0f}", f"{value['one_row_ms']:.3f}")
+    console.print(table)
+
+    table = Table(title=f"closed-loop single-penguin load, {results['seconds_per_point']} s per point (wrk)")
+    for column in ("server", "conc.", "req/s", "p50 ms", "p99 ms", "errors", "÷ baseline", "÷ ceiling", "p99 ÷ ceil"):
+        table.add_column(column, justify="right")
+    ratio = {(m, r["concurrency"]): r for m, rs in results["ratios"].items() if m in MODELS for r in rs}
+    rows = [("BentoML no-op ceiling", None, results["ceiling"])]
+    rows += [(f"ours: {m}", m, results["ours"][m]) for m in MODELS]
+    rows += [(f"baseline FastAPI: {m}", None, results["baseline"][m]) for m in MODELS]
+    for label, model, curve in rows:
+        for p in curve:
+            r = ratio.get((model, p["concurrency"]))
+            table.add_row(
+                label,
+                str(p["concurrency"]),
+                f"{p['rps']:,.0f}",
+                f"{p['p50_ms']:.2f}",
+                f"{p['p99_ms']:.2f}",
+                str(p["errors"]),
+                _fmt(r["ours_over_baseline_rps"], ".1f") + "×" if r else "",
+                _fmt(r["ours_over_ceiling_rps"], ".0%") if r else "",
+                _fmt(r["ours_over_ceiling_p99"], ".2f") + "×" if r else "",
+            )
+    console.print(table)
+    b = results["bulk"]
+    console.print(
+        f"bulk: one request of {b['rows']:,} penguins (random forest, /classify): {b['seconds'] * 1e3:.0f} ms, "
+        f"{b['rows_per_s']:,.0f} rows/s = {results['ratios']['bulk_over_in_process_sklearn']:.0%} of the "
+        f"sklearn pipeline's in-process rows/s"
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,171 @@
+"""The /ui page in headless Chromium (Debian's `chromium` package driven by Playwright) against a real `bentoml serve`.
+
+Needs /usr/bin/chromium (`apt-get install -y chromium`); never `playwright install`. Screenshots go to
+test-artifacts/ (gitignored); with PENGUINS_UPDATE_DOCS_SCREENSHOT=1 the README's docs/ui.png is rewritten too.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from penguins.contract import EXAMPLE_PENGUIN
+from penguins.store import model_name
+from tests.servers import ROOT, run_train, serve
+
+pytestmark = [pytest.mark.integration, pytest.mark.browser]
+
+CHROMIUM = os.environ.get("PENGUINS_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+DOCS_SCREENSHOT = ROOT / "docs" / "ui.png"
+ARTIFACTS = ROOT / "test-artifacts"
+MODELS = ("logistic-regression", "random-forest")
+TIMEOUT_MS = 30_000
+
+if not Path(CHROMIUM).is_file() and not shutil.which(CHROMIUM):
+    pytest.skip(f"no Chromium at {CHROMIUM}: apt-get install -y chromium", allow_module_level=True)
+sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is a dev dependency: uv sync")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    home = tmp_path_factory.mktemp("browser") / "home"
+    run_train(home, "--models", *MODELS)
+    with serve(home, home.parent / "serve.log") as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser, server):
+    """A fresh page on /ui whose every request outside the service is refused and recorded: the page must work
+    offline."""
+    context = browser.new_context(viewport={"width": 1200, "height": 900})
+    outside: list[str] = []
+    errors: list[str] = []
+
+    def guard(route):
+        if route.request.url.startswith(server) or route.request.url.startswith("data:"):
+            return route.continue_()
+        outside.append(route.request.url)
+        return route.abort()
+
+    context.route("**/*", guard)
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(f"{server}/ui")
+    page.wait_for_selector("body[data-ready='true']")
+    yield page
+    assert outside == [], f"the page reached outside the service: {outside}"
+    assert errors == [], f"JavaScript errors: {errors}"
+    context.close()
+
+
+def test_the_client_has_explain(server):
+    import bentoml
+
+    with bentoml.SyncHTTPClient(server) as client:
+        answer = client.explain(penguin=EXAMPLE_PENGUIN, model="random-forest", k=3)
+        assert answer["prediction"]["species"] == "Gentoo" and len(answer["neighbours"]) == 3
+        assert client.training_map(model=answer["prediction"]["model"])["model"] == answer["prediction"]["model"]
+
+
+def _submit(page):
+    with page.expect_response(lambda r: r.url.endswith("/explain")) as answer:
+        page.click("#submit")
+    return answer.value
+
+
+def test_example_is_classified_with_its_neighbours_and_map(page):
+    assert page.input_value("#field-island") == EXAMPLE_PENGUIN["island"]
+    assert float(page.input_value("#field-body_mass_g")) == EXAMPLE_PENGUIN["body_mass_g"]
+    assert page.get_by_label("Bill length (mm)").input_value() == str(EXAMPLE_PENGUIN["bill_length_mm"])
+    assert _submit(page).status == 200
+
+    page.wait_for_selector("#map svg #map-penguin")
+    assert page.text_content("#species") == "Gentoo"
+    assert page.locator("#probabilities li").count() == 3
+    assert page.locator("#neighbours tbody tr").count() == 5
+    drawn = page.locator("#map svg .map-training circle").count()
+    assert drawn == int(page.get_attribute("#map svg", "data-points")) > 200
+    assert page.locator("#map svg .map-neighbour").count() == 5
+    assert page.get_attribute("#map svg", "data-model") == page.text_content("#model-tag")
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "ui.png"), full_page=True)
+
+
+def test_invalid_values_show_the_apis_message_next_to_the_field(page):
+    page.fill("#field-body_mass_g", "-5")
+    page.fill("#field-bill_length_mm", "long")
+    response = _submit(page)
+    assert response.status == 400
+    assert "greater than 0" in page.text_content("#error-body_mass_g")
+    assert "valid number" in page.text_content("#error-bill_length_mm")
+    assert page.get_attribute("#field-body_mass_g", "aria-invalid") == "true"
+    assert page.text_content("#error-island") == ""
+    # Fixed, the errors go away.
+    page.fill("#field-body_mass_g", "4500")
+    page.fill("#field-bill_length_mm", "46.1")
+    assert _submit(page).status == 200
+    assert page.text_content("#error-body_mass_g") == ""
+    assert page.get_attribute("#field-body_mass_g", "aria-invalid") is None
+
+
+def test_switching_the_model_changes_the_answers_model_tag(page):
+    options = page.locator("#model option").evaluate_all("options => options.map(o => o.value)")
+    assert options == ["", *sorted(model_name(m) for m in MODELS)]
+    for algorithm in MODELS:
+        with page.expect_response(lambda r: r.url.endswith("/explain")):
+            page.select_option("#model", model_name(algorithm))
+        page.wait_for_function(
+            "name => document.querySelector('#map svg')?.dataset.model.startsWith(name + ':')",
+            arg=model_name(algorithm),
+        )
+        assert page.text_content("#model-tag").startswith(model_name(algorithm) + ":")
+    page.screenshot(path=str(ARTIFACTS / "ui-model.png"), full_page=True)
+
+
+def test_usable_at_phone_width(page):
+    page.set_viewport_size({"width": 375, "height": 800})
+    page.wait_for_selector("#map svg #map-penguin")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 375
+    box = page.locator("#field-island").bounding_box()
+    assert box and box["width"] > 250  # one column of full-width fields
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "ui-phone.png"), full_page=True)
+
+
+@pytest.mark.skipif(
+    not os.environ.get("PENGUINS_UPDATE_DOCS_SCREENSHOT"), reason="set PENGUINS_UPDATE_DOCS_SCREENSHOT=1"
+)
+def test_readme_screenshot(browser, server):
+    """The README's picture of the page: the whole page, scaled down to stay small."""
+    context = browser.new_context(viewport={"width": 1100, "height": 900}, device_scale_factor=0.7)
+    page = context.new_page()
+    page.goto(f"{server}/ui")
+    page.wait_for_selector("#map svg #map-penguin", timeout=TIMEOUT_MS)
+    page.wait_for_selector("#neighbours tbody tr", timeout=TIMEOUT_MS)
+    page.screenshot(path=str(DOCS_SCREENSHOT), full_page=True)
+    context.close()
+    assert DOCS_SCREENSHOT.stat().st_size < 150_000

@@ -1,0 +1,41 @@
+"""The prediction log: one parseable JSON line per answered prediction, written before the answer completes."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from penguins.predlog import PredictionLog
+from tests.conftest import read_prediction_log
+
+
+def test_each_answered_prediction_is_one_line_with_id_model_input_output_latency(client, log_dir, example):
+    response = client.post("/classify_svm", json={"penguins": [example]}, headers={"x-request-id": "req-svm-1"})
+    assert response.status_code == 200 and response.headers["x-request-id"] == "req-svm-1"
+    generic = client.post("/classify", content=json.dumps({"penguins": [example, example]}, indent=2),
+                          headers={"content-type": "application/json"})
+    rejected = client.post("/classify", json={"penguins": [{**example, "island": "Atlantis"}]})
+    assert rejected.status_code == 400
+
+    log = read_prediction_log(log_dir).set_index("request_id")
+    row = log.loc["req-svm-1"]
+    assert row["route"] == "/classify_svm" and row["model"] == response.json()[0]["model"]
+    assert row["input"] == {"penguins": [example]}
+    (logged,), (answered,) = row["output"], response.json()
+    assert logged["species"] == answered["species"] and logged["model"] == answered["model"]
+    assert logged["probabilities"] == pytest.approx(answered["probabilities"], rel=1e-12)
+    assert row["latency_ms"] > 0 and pd.Timestamp(row["ts"]).tzinfo is not None
+    pretty = log.loc[generic.headers["x-request-id"]]  # a pretty-printed body still makes one line
+    assert len(pretty["output"]) == 2
+    assert not any(r["island"] == "Atlantis" for i in log["input"] for r in i["penguins"])  # only answered ones
+
+
+def test_rotation_keeps_a_bounded_number_of_whole_lines(tmp_path):
+    log = PredictionLog(tmp_path, max_bytes=2000, backups=3, worker=7)
+    for i in range(200):
+        log.write(f"r{i}", "/classify", b'{"penguins": []}', b'[{"model": "m:1"}]', 0.001)
+    files = sorted(tmp_path.glob("predictions-w7.jsonl*"))
+    assert len(files) == 4  # the live file and three backups
+    lines = [json.loads(line) for f in files for line in f.read_text().splitlines()]
+    assert all(line["model"] == "m:1" for line in lines)
+    assert "r199" in {line["request_id"] for line in lines}
