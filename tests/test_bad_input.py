@@ -7,23 +7,63 @@ import pytest
 from penguins.settings import Settings
 
 HAND_WRITTEN = {
-    "wrong type": {"penguins": [{"island": 3, "bill_length_mm": "x", "bill_depth_mm": [], "flipper_length_mm": {},
-                                 "body_mass_g": True}]},
+    "wrong type": {
+        "penguins": [
+            {"island": 3, "bill_length_mm": "x", "bill_depth_mm": [], "flipper_length_mm": {}, "body_mass_g": True}
+        ]
+    },
     "penguins not a list": {"penguins": {"island": "Dream"}},
     "NaN": '{"penguins": [{"island": "Dream", "bill_length_mm": NaN, "bill_depth_mm": 17, "flipper_length_mm": 190, '
-           '"body_mass_g": 3500}]}',
+    '"body_mass_g": 3500}]}',
     "Infinity": '{"penguins": [{"island": "Dream", "bill_length_mm": 40, "bill_depth_mm": Infinity, '
-                '"flipper_length_mm": 190, "body_mass_g": 3500}]}',
-    "negative": {"penguins": [{"island": "Dream", "bill_length_mm": -40, "bill_depth_mm": 17, "flipper_length_mm": 190,
-                               "body_mass_g": 3500}]},
-    "absurd": {"penguins": [{"island": "Dream", "bill_length_mm": 40, "bill_depth_mm": 17, "flipper_length_mm": 190,
-                             "body_mass_g": 1e300}]},
+    '"flipper_length_mm": 190, "body_mass_g": 3500}]}',
+    "negative": {
+        "penguins": [
+            {
+                "island": "Dream",
+                "bill_length_mm": -40,
+                "bill_depth_mm": 17,
+                "flipper_length_mm": 190,
+                "body_mass_g": 3500,
+            }
+        ]
+    },
+    "absurd": {
+        "penguins": [
+            {
+                "island": "Dream",
+                "bill_length_mm": 40,
+                "bill_depth_mm": 17,
+                "flipper_length_mm": 190,
+                "body_mass_g": 1e300,
+            }
+        ]
+    },
     "empty list": {"penguins": []},
-    "unknown island": {"penguins": [{"island": "Atlantis", "bill_length_mm": 40, "bill_depth_mm": 17,
-                                     "flipper_length_mm": 190, "body_mass_g": 3500}]},
+    "unknown island": {
+        "penguins": [
+            {
+                "island": "Atlantis",
+                "bill_length_mm": 40,
+                "bill_depth_mm": 17,
+                "flipper_length_mm": 190,
+                "body_mass_g": 3500,
+            }
+        ]
+    },
     "missing fields": {"penguins": [{"island": "Dream"}]},
-    "extra fields": {"penguins": [{"island": "Dream", "bill_length_mm": 40, "bill_depth_mm": 17,
-                                   "flipper_length_mm": 190, "body_mass_g": 3500, "colour": "blue"}]},
+    "extra fields": {
+        "penguins": [
+            {
+                "island": "Dream",
+                "bill_length_mm": 40,
+                "bill_depth_mm": 17,
+                "flipper_length_mm": 190,
+                "body_mass_g": 3500,
+                "colour": "blue",
+            }
+        ]
+    },
     "extra top-level field": {"penguins": [], "debug": True},
     "no body": "",
     "malformed JSON": '{"penguins": [{"island": "Dream",',
@@ -44,8 +84,9 @@ def test_hand_written_bad_requests_are_4xx_with_a_json_body(client, route, case)
 
 
 def test_wrong_content_type_is_4xx(client, example):
-    response = client.post("/classify", content=json.dumps({"penguins": [example]}),
-                           headers={"content-type": "text/plain"})
+    response = client.post(
+        "/classify", content=json.dumps({"penguins": [example]}), headers={"content-type": "text/plain"}
+    )
     # BentoML falls back to JSON for unknown media types: the request is understood, or refused with a 4xx.
     assert response.status_code in (200, 400, 415)
     pickle = client.post("/classify", content=b"\x80\x04", headers={"content-type": "application/vnd.bentoml+pickle"})
@@ -94,6 +135,7 @@ def test_reload_needs_the_token_when_one_is_configured(guarded, example):
 
 
 def test_cors_is_off_by_default(client, example):
-    response = client.options("/classify", headers={"origin": "http://evil.example",
-                                                    "access-control-request-method": "POST"})
+    response = client.options(
+        "/classify", headers={"origin": "http://evil.example", "access-control-request-method": "POST"}
+    )
     assert "access-control-allow-origin" not in response.headers

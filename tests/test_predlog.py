@@ -12,8 +12,11 @@ from tests.conftest import read_prediction_log
 def test_each_answered_prediction_is_one_line_with_id_model_input_output_latency(client, log_dir, example):
     response = client.post("/classify_svm", json={"penguins": [example]}, headers={"x-request-id": "req-svm-1"})
     assert response.status_code == 200 and response.headers["x-request-id"] == "req-svm-1"
-    generic = client.post("/classify", content=json.dumps({"penguins": [example, example]}, indent=2),
-                          headers={"content-type": "application/json"})
+    generic = client.post(
+        "/classify",
+        content=json.dumps({"penguins": [example, example]}, indent=2),
+        headers={"content-type": "application/json"},
+    )
     rejected = client.post("/classify", json={"penguins": [{**example, "island": "Atlantis"}]})
     assert rejected.status_code == 400
 
