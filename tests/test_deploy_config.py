@@ -34,7 +34,24 @@ def test_bentofile_serves_the_mounted_store():
     assert bentofile["python"]["requirements_txt"] == "deploy/requirements.txt"
     assert str(bentofile["docker"]["python_version"]) == "3.11"
     assert {"name": "BENTOML_DO_NOT_TRACK", "value": "true"} in bentofile["envs"]
-    assert "penguins/*.py" in bentofile["include"] and "service.py" in bentofile["include"]
+    assert "service.py" in bentofile["include"]
+
+
+def test_bento_includes_every_file_of_the_package():
+    """The bento gets the whole package: every module (subpackages too) and the /ui page's static files."""
+    from pathspec import PathSpec
+
+    bentofile = load("bentofile.yaml")
+    include = PathSpec.from_lines("gitwildmatch", bentofile["include"])
+    exclude = PathSpec.from_lines("gitwildmatch", bentofile["exclude"])
+    files = [
+        path.relative_to(ROOT).as_posix()
+        for path in (ROOT / "penguins").rglob("*")
+        if path.is_file() and "__pycache__" not in path.parts
+    ]
+    assert "penguins/ui/static/index.html" in files
+    missing = [f for f in files if not include.match_file(f) or exclude.match_file(f)]
+    assert missing == [], f"bentofile.yaml leaves out {missing}"
 
 
 def test_compose_publishes_on_loopback_and_shares_the_store():
