@@ -11,7 +11,9 @@ free loopback ports, and is removed at the end (containers, volumes, images). A 
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -25,6 +27,7 @@ import pytest
 from penguins.contract import EXAMPLE_PENGUIN
 from penguins.store import endpoint_name
 from penguins.training import ALGORITHMS
+from penguins.ui import STATIC
 from tests.servers import free_port
 
 pytestmark = [pytest.mark.container, pytest.mark.integration]
@@ -126,6 +129,14 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
         stack.remove()
 
 
+def logged(stack: Stack) -> list[dict]:
+    """Every line of the API's prediction logs, read inside the api container from the logs volume."""
+    listing = stack.exec("api", "sh", "-c", f"ls {LOGS}/predictions-*.jsonl*")
+    assert listing.split(), f"no prediction log in {LOGS}"
+    text = stack.exec("api", "sh", "-c", f"cat {LOGS}/predictions-*.jsonl")
+    return [json.loads(line) for line in text.splitlines()]
+
+
 def served_tags(stack: Stack) -> dict[str, str]:
     with stack.client(server_ready_timeout=0) as client:
         return {m["algorithm"]: m["tag"] for m in client.models()["models"]}
@@ -151,7 +162,7 @@ def test_the_api_starts_on_an_empty_store_and_reports_not_ready(stack):
 
 
 def test_up_on_an_empty_volume_ends_serving_every_model(stack):
-    stack.deploy("up", "--no-build")  # trainer fills the store and calls reload; waits for /readyz
+    stack.deploy("up", "--no-build")  # trainer fills the store and calls reload with the token; waits for /readyz
     assert "reloaded: serving" in stack.compose("logs", "trainer").stdout
     with stack.client() as client:
         for algorithm in ALGORITHMS:
@@ -159,7 +170,34 @@ def test_up_on_an_empty_volume_ends_serving_every_model(stack):
             assert answer["species"] == "Gentoo", algorithm
             assert answer["model"].startswith(f"penguins-{algorithm}:")
         assert {p["species"] for p in client.classify(penguins=[EXAMPLE_PENGUIN])} == {"Gentoo"}
+        explained = client.explain(penguin=EXAMPLE_PENGUIN, model="knn", k=3)
+        assert explained["prediction"]["species"] == "Gentoo" and len(explained["neighbours"]) == 3
     assert sorted(served_tags(stack)) == sorted(ALGORITHMS)
+
+
+def test_the_web_page_is_served_by_the_container(stack):
+    page = httpx.get(f"{stack.url}/ui/", timeout=10)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assets = re.findall(r'(?:src|href)="(static/[^"]+)"', page.text)
+    assert sorted(assets) == ["static/app.js", "static/style.css"]
+    for asset in assets:
+        answer = httpx.get(f"{stack.url}/ui/{asset}", timeout=10)
+        assert answer.status_code == 200 and answer.content == (STATIC / asset.removeprefix("static/")).read_bytes()
+    assert httpx.get(f"{stack.url}/ui", timeout=10, follow_redirects=True).text == page.text
+
+
+def test_predictions_land_in_the_logs_volume(stack):
+    request_id = f"container-log-{uuid.uuid4().hex[:8]}"
+    answer = httpx.post(
+        f"{stack.url}/classify_svm", json={"penguins": [EXAMPLE_PENGUIN]}, headers={"x-request-id": request_id}
+    )
+    assert answer.status_code == 200
+    lines = logged(stack)
+    [line] = [entry for entry in lines if entry["request_id"] == request_id]
+    assert line["route"] == "/classify_svm" and line["model"] == answer.json()[0]["model"]
+    assert line["input"] == {"penguins": [EXAMPLE_PENGUIN]} and line["output"] == answer.json()
+    # Everything answered before was logged too: the per-model classifications and the generic one.
+    assert {entry["route"] for entry in lines} >= {f"/{endpoint_name(a)}" for a in ALGORITHMS} | {"/classify"}
 
 
 def test_containers_share_the_store_as_one_user_without_world_access(stack):
@@ -214,10 +252,15 @@ def test_the_training_notebook_runs_in_jupyter_and_reloads_the_api(stack):
 
 def test_models_and_logs_persist_across_down_and_up(stack):
     before = served_tags(stack)
-    stack.exec("api", "sh", "-c", f"echo kept > {LOGS}/persistence-check")
+    logged_before = logged(stack)
+    assert logged_before, "predictions were logged before down"
     stack.deploy("down")
     assert stack.compose("ps", "-q").stdout.strip() == ""
     stack.deploy("up", "--no-build")
     assert served_tags(stack) == before
     assert "nothing to train" in stack.compose("logs", "trainer").stdout
-    assert stack.exec("api", "cat", f"{LOGS}/persistence-check").strip() == "kept"
+    assert logged(stack) == logged_before, "the prediction log survived down/up"
+    with stack.client() as client:
+        [answer] = client.classify_knn(penguins=[EXAMPLE_PENGUIN])
+    after = logged(stack)
+    assert after[: len(logged_before)] == logged_before and after[-1]["model"] == answer["model"]
