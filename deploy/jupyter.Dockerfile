@@ -30,9 +30,11 @@ RUN pip install --no-cache-dir "uv==0.13.9" \
 
 WORKDIR /app
 
-# Third-party packages first (a layer that only changes with uv.lock), then the project itself.
-COPY pyproject.toml uv.lock README.md ./
+# Third-party packages first (a layer that only changes with pyproject.toml or uv.lock), then the project itself
+# (README.md is the package's readme: copied with it, so that editing it does not reinstall every dependency).
+COPY pyproject.toml uv.lock ./
 RUN uv sync --locked --no-dev --group jupyter --no-install-project --no-cache
+COPY README.md ./
 COPY penguins ./penguins
 COPY train.py service.py ./
 COPY deploy/bootstrap.py ./deploy/
