@@ -113,6 +113,16 @@ class Stack:
             time.sleep(1)
         raise TimeoutError(f"api not live after {timeout}s:\n{self.compose('logs', 'api', check=False).stdout}")
 
+    def health(self, service: str, timeout: float = 180) -> str:
+        """The container's healthcheck status once it reports healthy (checks run every 10 s), or at the timeout."""
+        container = self.compose("ps", "-q", service).stdout.strip()
+        deadline = time.monotonic() + timeout
+        while True:
+            status = self.run("docker", "inspect", "-f", "{{.State.Health.Status}}", container).stdout.strip()
+            if status == "healthy" or time.monotonic() > deadline:
+                return status
+            time.sleep(2)
+
     def remove(self) -> None:
         self.compose("down", "--volumes", "--remove-orphans", "--timeout", "20", check=False)
         for image in (self.env["PENGUINS_API_IMAGE"], self.env["PENGUINS_JUPYTER_IMAGE"]):
@@ -173,6 +183,7 @@ def test_up_on_an_empty_volume_ends_serving_every_model(stack):
         explained = client.explain(penguin=EXAMPLE_PENGUIN, model="knn", k=3)
         assert explained["prediction"]["species"] == "Gentoo" and len(explained["neighbours"]) == 3
     assert sorted(served_tags(stack)) == sorted(ALGORITHMS)
+    assert stack.health("api") == "healthy"  # the compose healthcheck passes once models are served
 
 
 def test_the_web_page_is_served_by_the_container(stack):
