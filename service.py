@@ -19,6 +19,7 @@ from penguins.explain import DEFAULT_NEIGHBOURS, MAX_NEIGHBOURS, Explanation, Tr
 from penguins.serving import (
     Gateway,
     ModelListing,
+    ModelName,
     Penguins,
     Predictions,
     ReloadReport,
@@ -56,7 +57,7 @@ class PenguinClassifier:
         return bool(self.registry.sync().models)
 
     @bentoml.api
-    def classify(self, penguins: Penguins, model: str | None = None) -> Predictions:
+    def classify(self, penguins: Penguins, model: ModelName = None) -> Predictions:
         """Classify penguins with the named model, or with the best one by cross-validated accuracy."""
         chosen = resolve(self.registry.sync(), model)
         if isinstance(chosen, tuple):
@@ -65,7 +66,7 @@ class PenguinClassifier:
         return _json(200, json.dumps(chosen.predict(penguins)))
 
     @bentoml.api
-    def explain(self, penguin: Penguin, model: str | None = None, k: Neighbours = DEFAULT_NEIGHBOURS) -> Explanation:
+    def explain(self, penguin: Penguin, model: ModelName = None, k: Neighbours = DEFAULT_NEIGHBOURS) -> Explanation:
         """Classify one penguin and explain: its k nearest training penguins, its place on the PCA map, importances."""
         chosen = resolve(self.registry.sync(), model)
         if isinstance(chosen, tuple):
@@ -75,7 +76,7 @@ class PenguinClassifier:
         return chosen.explain(penguin, k)
 
     @bentoml.api
-    def training_map(self, model: str | None = None) -> TrainingMap:
+    def training_map(self, model: ModelName = None) -> TrainingMap:
         """The model's training penguins on its 2-D PCA map (the map explain places a penguin on)."""
         chosen = resolve(self.registry.sync(), model)
         if isinstance(chosen, tuple):

@@ -51,10 +51,31 @@ def _measurement(upper: float, unit: str) -> Any:
     return Field(gt=0, le=upper, allow_inf_nan=False, description=f"{unit}, greater than 0 and at most {upper:g}")
 
 
+def _openapi_3_0(schema: dict[str, Any]) -> None:
+    """Spell the schema the way the OpenAPI 3.0 document that carries it expects.
+
+    BentoML 1.4.39 publishes pydantic's JSON Schema (draft 2020-12) inside an `openapi: 3.0.2` document; two
+    constructs differ there, and client generators and schema-driven test tools reject the draft spelling:
+    a numeric `exclusiveMinimum` (3.0: `minimum` plus `exclusiveMinimum: true`) and `{"type": "null"}` in `anyOf`
+    (3.0: `nullable: true`).
+    """
+    for field in schema.get("properties", {}).values():
+        bound = field.get("exclusiveMinimum")
+        if bound is not None and not isinstance(bound, bool):
+            field["minimum"], field["exclusiveMinimum"] = bound, True
+        options = field.get("anyOf", [])
+        if {"type": "null"} in options and len(options) == 2:
+            del field["anyOf"]
+            field.update(next(o for o in options if o != {"type": "null"}), nullable=True)
+
+
 class Penguin(BaseModel):
     """One penguin's measurements, as recorded in the field."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"example": EXAMPLE_PENGUIN})
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra=lambda schema: _openapi_3_0(schema) or schema.update(example=EXAMPLE_PENGUIN),
+    )
 
     island: Annotated[Island, _canonical(ISLANDS)] = Field(description="Island where the penguin was seen")
     bill_length_mm: Annotated[float, _measurement(100, "Bill length in mm")]

@@ -26,6 +26,15 @@ Penguins = Annotated[
 # An explicit media type: without it BentoML 1.4.39 rebuilds the JSON schema of a list output on every response
 # just to find out it is JSON (~20% of a small request's CPU).
 Predictions = Annotated[list[Prediction], ContentType("application/json")]
+# BentoML 1.4.39 flattens an optional top-level argument to its first `anyOf` branch, so the OpenAPI document would
+# say `type: string, default: null` (invalid); `nullable` keeps the published schema true to what the API accepts.
+ModelName = Annotated[
+    str | None,
+    Field(
+        description="A served model's name or algorithm; omit for the best by CV accuracy",
+        json_schema_extra={"nullable": True},
+    ),
+]
 
 TRAIN_HINT = "train one (python train.py) and call reload"
 

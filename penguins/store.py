@@ -46,6 +46,9 @@ def default_store_dir() -> Path:
     return Path(BentoMLContainer.model_store_dir.get())
 
 
+STORE_FAILURE = "model store"
+
+
 @dataclass(frozen=True)
 class Failure:
     name: str
@@ -245,6 +248,13 @@ class Registry:
     def _refresh(self) -> Change:
         stored, failures = scan(self.store_dir)
         current = self._snapshot.models
+        if current and not self.store_dir.is_dir():
+            # The store vanished (an unmounted volume, a folder moved away): keep serving what is loaded until it is
+            # back rather than turn every request into a 503. Removing one model's folder still removes that model.
+            reason = f"the model store {self.store_dir} is not there; serving the models loaded before"
+            gone = Failure(STORE_FAILURE, reason)
+            self._snapshot = Snapshot(current, (gone,))
+            return Change(added=[], updated=[], removed=[], failed=[gone], serving=[m.tag for m in current.values()])
         models: dict[str, LoadedModel] = {}
         for entry in stored:
             cached = current.get(entry.name)
@@ -257,6 +267,9 @@ class Registry:
                 failures.append(Failure(entry.name, _reason(error), entry.tag))
                 if cached is not None:  # a broken new version must not take down the one that works
                     models[entry.name] = cached
+        for failure in failures:  # a half-written or unreadable new version: keep serving the one that works
+            if failure.name in current and failure.name not in models:
+                models[failure.name] = current[failure.name]
         # Kept for a batch that was queued before its model was removed (it still finishes on it).
         self.retired = {n: m for n, m in current.items() if n not in models}
         self._snapshot = Snapshot(dict(sorted(models.items())), tuple(failures))

@@ -75,3 +75,26 @@ def read_prediction_log(directory: Path):
 @pytest.fixture
 def example():
     return dict(EXAMPLE_PENGUIN)
+
+
+# Figures that tests measure (requests under reload, fuzz cases, faults injected) are printed at the end of the run
+# and saved to test-artifacts/figures.json: the README's "Reliability" section quotes them.
+_FIGURES: dict[str, dict] = {}
+
+
+@pytest.fixture(scope="session")
+def figures() -> dict[str, dict]:
+    return _FIGURES
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not _FIGURES:
+        return
+    import json
+
+    terminalreporter.section("figures")
+    for name, values in _FIGURES.items():
+        terminalreporter.write_line(f"{name}: " + ", ".join(f"{k}={v}" for k, v in values.items()))
+    out = ROOT / "test-artifacts"
+    out.mkdir(exist_ok=True)
+    (out / "figures.json").write_text(json.dumps(_FIGURES, indent=2) + "\n")

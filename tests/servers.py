@@ -35,7 +35,9 @@ def run_train(home: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 @contextlib.contextmanager
-def running(command: list[str], log: Path, env: dict[str, str], health: str, timeout: float = 90) -> Iterator[None]:
+def running(
+    command: list[str], log: Path, env: dict[str, str], health: str, timeout: float = 90
+) -> Iterator[subprocess.Popen]:
     """Run a server command in its own process group until `health` answers 200; stop it on exit."""
     with log.open("w") as out:
         process = subprocess.Popen(
@@ -52,9 +54,10 @@ def running(command: list[str], log: Path, env: dict[str, str], health: str, tim
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{command[:4]} not live after {timeout}s:\n{log.read_text()[-3000:]}")
             time.sleep(0.3)
-        yield
+        yield process
     finally:
-        os.killpg(process.pid, 15)
+        with contextlib.suppress(ProcessLookupError):  # a test may have killed it already
+            os.killpg(process.pid, 15)
         try:
             process.wait(timeout=20)
         except subprocess.TimeoutExpired:
@@ -62,15 +65,41 @@ def running(command: list[str], log: Path, env: dict[str, str], health: str, tim
             process.wait()
 
 
+class Server(str):
+    """The base URL of a running server, which also knows the server's process (its group leader)."""
+
+    process: subprocess.Popen
+
+    def __new__(cls, url: str, process: subprocess.Popen) -> Server:
+        server = super().__new__(cls, url)
+        server.process = process
+        return server
+
+
 @contextlib.contextmanager
 def serve(
     home: Path, log: Path, target: str = "service:PenguinClassifier", timeout: float = 90, **env: str
-) -> Iterator[str]:
+) -> Iterator[Server]:
     """`bentoml serve <target>` over the store under `home`; yields the base URL once live."""
     port = free_port()
-    environment = {**os.environ, "BENTOML_HOME": str(home), "BENTOML_DO_NOT_TRACK": "true", **env}
+    environment = {
+        **os.environ,
+        "BENTOML_HOME": str(home),
+        "BENTOML_DO_NOT_TRACK": "true",
+        "PENGUINS_LOG_DIR": str(log.parent / "prediction-logs"),  # each server its own, beside its output
+        **env,
+    }
     environment.pop("PROMETHEUS_MULTIPROC_DIR", None)  # the server manages its own
     command = [sys.executable, "-m", "bentoml", "serve", target, "--host", "127.0.0.1", "--port", str(port)]
     url = f"http://127.0.0.1:{port}"
-    with running(command, log, environment, f"{url}/livez", timeout):
-        yield url
+    with running(command, log, environment, f"{url}/livez", timeout) as process:
+        yield Server(url, process)
+
+
+def workers_that_answered(server_output: str, path: str) -> set[str]:
+    """The worker ids in BentoML's access log lines that answered `path` with 200."""
+    return {
+        line.split("[entry_service:penguin_classifier:")[1].split("]")[0]
+        for line in server_output.splitlines()
+        if f"path={path}," in line and "status=200" in line and "[entry_service:penguin_classifier:" in line
+    }

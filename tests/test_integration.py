@@ -8,7 +8,7 @@ import pytest
 
 from penguins.contract import EXAMPLE_PENGUIN
 from penguins.store import model_name
-from tests.servers import run_train, serve
+from tests.servers import run_train, serve, workers_that_answered
 
 pytestmark = pytest.mark.integration
 
@@ -87,10 +87,5 @@ def test_one_reload_reaches_every_worker(tmp_path):
         served = {m["tag"] for _ in range(10) for m in httpx.Client().post(f"{url}/models").json()["models"]}
         assert served == {update["to"]}
     # The test means something only if both workers answered classify after the reload.
-    log = (tmp_path / "serve.log").read_text()
-    workers = {
-        line.split("[entry_service:penguin_classifier:")[1].split("]")[0]
-        for line in log.splitlines()
-        if "path=/classify_logistic_regression" in line and "status=200" in line
-    }
+    workers = workers_that_answered((tmp_path / "serve.log").read_text(), "/classify_logistic_regression")
     assert workers == {"1", "2"}, workers

@@ -1,5 +1,7 @@
 """In-process service tests (the fast inner loop): BentoML's ASGI app over the session's store."""
 
+import json
+
 import pytest
 
 from penguins.contract import SPECIES
@@ -118,3 +120,16 @@ def test_generic_classify_output_keeps_the_contract_for_a_bulk_request(client, f
     assert response.status_code == 200
     predictions = TypeAdapter(list[Prediction]).validate_python(response.json())
     assert len(predictions) == 2000 and {p.species for p in predictions} == set(SPECIES)
+
+
+def test_openapi_document_speaks_openapi_3_0(client):
+    """The document says 3.0; what requests are built from must not use the 2020-12 spellings 3.0 tools reject."""
+    document = client.get("/docs.json").json()
+    assert document["openapi"].startswith("3.0")
+    requests = json.dumps([document["paths"], document["components"]["schemas"]["Penguin"]])
+    assert '{"type": "null"}' not in requests and '"exclusiveMinimum": 0' not in requests
+    penguin = document["components"]["schemas"]["Penguin"]["properties"]
+    assert penguin["bill_length_mm"]["minimum"] == 0 and penguin["bill_length_mm"]["exclusiveMinimum"] is True
+    assert penguin["sex"]["nullable"] is True and penguin["sex"]["enum"] == ["female", "male"]
+    classify = document["paths"]["/classify"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert classify["properties"]["model"]["nullable"] is True

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from penguins.contract import Penguin, Prediction
-from penguins.store import Registry, model_name, scan
+from penguins.store import STORE_FAILURE, Registry, model_name, scan
 
 
 @pytest.fixture
@@ -101,15 +101,24 @@ def test_other_workers_catch_up_through_the_marker(store, trained):
     assert not worker_b.is_stale()
 
 
-def test_store_that_disappears_and_comes_back(store, tmp_path):
+def test_store_that_disappears_and_comes_back(store, tmp_path, example):
     registry = Registry(store)
     registry.reload()
     moved = tmp_path / "elsewhere"
     store.rename(moved)
     change = registry.reload()
-    assert len(change.removed) == 5 and not registry.snapshot.models
+    # Still serving what was loaded, and saying why nothing was re-read.
+    assert len(registry.snapshot.models) == 5 and change.removed == []
+    (failure,) = change.failed
+    assert failure.name == STORE_FAILURE and "not there" in failure.reason
+    assert registry.snapshot.failures == (failure,)
+    assert registry.snapshot.best().predict([Penguin(**example)])[0]["species"] == "Gentoo"
     moved.rename(store)
-    assert len(registry.reload().added) == 5
+    change = registry.reload()
+    assert change.failed == [] and registry.snapshot.failures == () and len(change.serving) == 5
+    # Deleting one model's folder (not the store) still removes that model.
+    shutil.rmtree(store / model_name("knn"))
+    assert registry.reload().removed == [registry.retired[model_name("knn")].tag]
 
 
 def test_loaded_models_predict_with_probabilities_that_sum_to_one(store, example):
@@ -129,3 +138,15 @@ def test_sklearn_fallback_when_compiled_forms_are_off(store, example):
     model = registry.snapshot.models[model_name("random-forest")]
     assert model.predictor.kind == "sklearn"
     assert model.predict([Penguin(**example)])[0]["species"] == "Gentoo"
+
+
+def test_a_half_written_new_version_keeps_the_old_one_serving(store):
+    registry = Registry(store)
+    registry.reload()
+    old = registry.snapshot.models[model_name("knn")]
+    name_dir = store / model_name("knn")
+    (name_dir / "halfwritten").mkdir()  # `latest` already points at it, model.yaml not written yet
+    (name_dir / "latest").write_text("halfwritten")
+    change = registry.reload()
+    assert [f.tag for f in change.failed] == [f"{model_name('knn')}:halfwritten"]
+    assert change.removed == [] and registry.snapshot.models[model_name("knn")] is old

@@ -49,7 +49,7 @@
   }
 
   function choicesOf(property) {
-    if (property.enum) return { values: property.enum, optional: false };
+    if (property.enum) return { values: property.enum, optional: Boolean(property.nullable) };
     const options = property.anyOf || [];
     const listed = options.find((o) => o.enum);
     if (!listed) return null;
