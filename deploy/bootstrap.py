@@ -1,0 +1,57 @@
+"""One-shot trainer of the compose stack: train into the shared store when it holds no penguin model, then make
+the API serve what the store holds with one reload call.
+
+    python deploy/bootstrap.py          # in the `trainer` service of docker-compose.yml
+
+The API starts at the same time on the same (possibly empty) store and reports not-ready until models are loaded;
+this waits for it to answer, then calls `reload` with the admin token (PENGUINS_ADMIN_TOKEN) when one is set.
+Environment: PENGUINS_API_URL (default http://api:3000), PENGUINS_API_WAIT seconds (default 300).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # train.py and the package sit at the repo root
+
+
+def wait_live(url: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/livez", timeout=5):
+                return
+        except (urllib.error.URLError, OSError) as error:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the API at {url} did not answer within {timeout:g}s ({error})") from None
+        time.sleep(2)
+
+
+def main() -> int:
+    import train
+
+    status = train.main(["--if-empty"])
+    if status:
+        return status
+
+    import bentoml
+
+    url = os.environ.get("PENGUINS_API_URL", "http://api:3000").rstrip("/")
+    token = os.environ.get("PENGUINS_ADMIN_TOKEN") or None
+    print(f"waiting for the API at {url}", flush=True)
+    wait_live(url, float(os.environ.get("PENGUINS_API_WAIT", "300")))
+    # server_ready_timeout=0: the API is not ready (no model loaded) until this very reload.
+    with bentoml.SyncHTTPClient(url, token=token, server_ready_timeout=0) as client:
+        result = client.reload()
+    print(f"reloaded: serving {', '.join(result['serving']) or 'nothing'}; default {result['default']}", flush=True)
+    return 0 if result["serving"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
