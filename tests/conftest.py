@@ -96,26 +96,43 @@ def example():
 
 
 # Figures that tests measure (requests under reload, fuzz cases, faults injected) are printed at the end of the run
-# and saved to test-artifacts/figures.json: the README's "Reliability" section quotes them.
-_FIGURES: dict[str, dict] = {}
+# and saved to test-artifacts/figures.json: the README's "Reliability" section quotes them. Tests may run in xdist
+# workers, so each figure goes through a file that the controlling process reads back.
+FIGURES_DIR = ROOT / "test-artifacts" / "figures"
+
+
+class _Figures:
+    def __setitem__(self, name: str, values: dict) -> None:
+        import json
+
+        FIGURES_DIR.mkdir(parents=True, exist_ok=True)
+        (FIGURES_DIR / f"{name.replace('/', '-')}.json").write_text(json.dumps({name: values}))
 
 
 @pytest.fixture(scope="session")
-def figures() -> dict[str, dict]:
-    return _FIGURES
+def figures() -> _Figures:
+    return _Figures()
+
+
+def pytest_sessionstart(session):
+    if not hasattr(session.config, "workerinput"):  # the controlling process: forget an earlier run's figures
+        import shutil
+
+        shutil.rmtree(FIGURES_DIR, ignore_errors=True)
 
 
 def pytest_terminal_summary(terminalreporter):
-    if not _FIGURES:
-        return
     import json
 
+    found: dict[str, dict] = {}
+    for path in sorted(FIGURES_DIR.glob("*.json")):
+        found.update(json.loads(path.read_text()))
+    if not found:
+        return
     terminalreporter.section("figures")
-    for name, values in _FIGURES.items():
+    for name, values in found.items():
         terminalreporter.write_line(f"{name}: " + ", ".join(f"{k}={v}" for k, v in values.items()))
-    out = ROOT / "test-artifacts"
-    out.mkdir(exist_ok=True)
-    (out / "figures.json").write_text(json.dumps(_FIGURES, indent=2) + "\n")
+    (FIGURES_DIR.parent / "figures.json").write_text(json.dumps(found, indent=2) + "\n")
 
 
 def _database(start):
