@@ -2,7 +2,7 @@
 baseline, all started here on loopback and measured in the same run, with ratios.
 
     uv run python benchmarks/run.py            # full: 10 s per load point (about 5 minutes)
-    uv run python benchmarks/run.py --quick    # short: 3 s per point (what CI runs, so it cannot rot)
+    uv run python benchmarks/run.py --quick    # short: 1 s per point, about 2 minutes (CI runs it: it cannot rot)
 
 Needs `wrk` (Debian package) as the load generator: a closed loop of N connections, in its own process.
 Prints a table and writes it as JSON (bench-results/benchmark.json by default).
@@ -123,12 +123,12 @@ def bulk(url: str, repeats: int) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="3 s per load point instead of 10")
+    parser.add_argument("--quick", action="store_true", help="1 s per load point instead of 10 (figures are rough)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results" / "benchmark.json")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("benchmarks need wrk: apt-get install wrk")
-    seconds = 3 if args.quick else 10
+    seconds = 1 if args.quick else 10
     single = {"penguins": [EXAMPLE_PENGUIN]}
     results: dict = {
         "mode": "quick" if args.quick else "full",
@@ -150,7 +150,7 @@ def main() -> int:
         print("our service ...", file=sys.stderr)
         with serve(home, logs / "service.log") as url:
             results["ours"] = {m: load_curve(f"{url}/classify_{m.replace('-', '_')}", single, seconds) for m in MODELS}
-            results["bulk"] = bulk(url, repeats=2 if args.quick else 5)
+            results["bulk"] = bulk(url, repeats=1 if args.quick else 5)
 
         results["baseline"] = {}
         for model in MODELS:

@@ -9,6 +9,7 @@ all back with pandas:
 
 from __future__ import annotations
 
+import json
 import logging
 import logging.handlers
 import os
@@ -39,9 +40,9 @@ class PredictionLog:
             (
                 b'{"ts": "',
                 datetime.now(UTC).isoformat(timespec="microseconds").encode(),
-                b'", "request_id": "',
-                request_id.encode(),
-                b'", "route": "',
+                b'", "request_id": ',
+                json.dumps(request_id).encode(),  # a client's x-request-id: quoted and escaped
+                b', "route": "',
                 route.encode(),
                 b'", "model": "',
                 match.group(1) if match else b"",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
 import time
 import uuid
 from collections.abc import Callable
@@ -20,6 +21,8 @@ from penguins.settings import Settings, get_settings
 from penguins.store import Change, Failure, LoadedModel, Registry, Snapshot, default_store_dir, endpoint_name
 
 # The endpoints' input and output types (also used by the benchmark's no-op service, to compare like with like).
+logger = logging.getLogger(__name__)
+
 Penguins = Annotated[
     list[Penguin], Field(min_length=1, max_length=get_settings().max_penguins, description="Penguins to classify")
 ]
@@ -62,10 +65,22 @@ class ModelInfo(BaseModel):
     metrics: dict[str, Any]
 
 
+class RejectedInfo(BaseModel):
+    name: str
+    tag: str
+    algorithm: str
+    trained_at: str | None
+    metrics: dict[str, Any]
+    gate: dict[str, Any] = Field(description="The promotion gate's decision: scores compared, tolerance, reason")
+
+
 class ModelListing(BaseModel):
     default: str | None
     models: list[ModelInfo]
     failures: list[FailureInfo]
+    rejected: list[RejectedInfo] = Field(
+        default_factory=list, description="Versions kept in the store but not served: the promotion gate rejected them"
+    )
 
 
 class ReloadReport(BaseModel):
@@ -110,6 +125,17 @@ def listing(snapshot: Snapshot, routes: dict[str, str]) -> ModelListing:
         default=best.tag if best else None,
         models=[info(m) for m in snapshot.models.values()],
         failures=failures(snapshot.failures),
+        rejected=[
+            RejectedInfo(
+                name=r.name,
+                tag=r.tag,
+                algorithm=r.algorithm,
+                trained_at=r.metadata.get("trained_at"),
+                metrics={k: r.metadata[k] for k in METRIC_KEYS if k in r.metadata},
+                gate=r.metadata.get("gate", {}),
+            )
+            for r in snapshot.rejected
+        ],
     )
 
 
@@ -184,10 +210,15 @@ class Gateway:
 
     def prediction_log(self) -> PredictionLog | None:
         # Made on first use, in the worker (the worker index is known only there), never at import.
-        if self._log is None and self.settings.log_dir is not None:
-            self._log = PredictionLog(
-                self.settings.log_dir, self.settings.log_max_bytes, self.settings.log_backups, worker_index()
-            )
+        if self._log is None and self.settings.log_predictions:
+            directory = self.settings.log_dir or default_store_dir().parent / "prediction-logs"
+            try:
+                self._log = PredictionLog(
+                    directory, self.settings.log_max_bytes, self.settings.log_backups, worker_index()
+                )
+            except OSError as error:  # an unwritable log must not turn answers into 500s: say so once, serve on
+                logger.error("prediction log disabled: cannot write to %s (%s)", directory, error)
+                self.settings = self.settings.model_copy(update={"log_predictions": False})
         return self._log
 
     async def __call__(self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:

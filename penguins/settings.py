@@ -12,8 +12,6 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PENGUINS_", frozen=True)
 
-    # The model store is BentoML's own ($BENTOML_HOME/models); this only overrides where to look.
-    bentoml_home: Path | None = Field(default=None, description="Override BENTOML_HOME for training and serving")
     max_penguins: int = Field(default=10_000, ge=1, description="Most penguins accepted in one request")
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024, description="Largest request body accepted")
     workers: int = Field(default=1, ge=1)
@@ -27,7 +25,10 @@ class Settings(BaseSettings):
     compiled: bool = Field(default=True, description="Serve the ONNX form of a model when it was saved with one")
     admin_token: SecretStr | None = Field(default=None, description="Bearer token required by reload")
     cors_origins: list[str] = Field(default_factory=list)
-    log_dir: Path | None = Field(default=None, description="Where prediction logs go; off when unset")
+    log_predictions: bool = Field(default=True, description="Append a JSON line per answered prediction")
+    log_dir: Path | None = Field(
+        default=None, description="Where prediction logs go; $BENTOML_HOME/prediction-logs when unset"
+    )
     log_max_bytes: int = Field(default=20 * 1024 * 1024, ge=1024, description="Rotate a worker's log at this size")
     log_backups: int = Field(default=5, ge=1, description="Rotated files kept per worker")
 

@@ -23,6 +23,9 @@ PROJECT = "palmer-penguins"
 MODEL_PREFIX = "penguins-"
 # Written by a reload, watched by every worker (and every server) that serves the same store.
 RELOAD_MARKER = "penguins-reload"
+# Label set at save time by the promotion gate (penguins.gate): a version labelled rejected is kept, never served.
+STATUS_LABEL = "status"
+REJECTED = "rejected"
 
 
 def model_name(algorithm: str) -> str:
@@ -66,21 +69,44 @@ class StoredModel:
     path: Path
 
 
+@dataclass(frozen=True)
+class RejectedVersion:
+    """A version the promotion gate kept out of service, with what it was judged on."""
+
+    name: str
+    tag: str
+    algorithm: str
+    metadata: dict[str, Any]
+    created: str
+
+
 def scan(store_dir: Path) -> tuple[list[StoredModel], list[Failure]]:
     """Find this project's models without trusting the store to be clean.
 
     BentoML's own `bentoml.models.list()` raises on the first odd entry (a half-written model, a
     `.ipynb_checkpoints` or `lost+found` folder); here each entry stands alone. Folders that cannot be model names
     are ignored; a model that cannot be read is reported as a failure.
+
+    Per model name, the version served is BentoML's `latest` unless it is labelled `status=rejected`; then it is the
+    newest complete version not labelled so (none: the name is not served).
     """
+    found, failures, _ = scan_with_rejected(store_dir, list_rejected=False)
+    return found, failures
+
+
+def scan_with_rejected(
+    store_dir: Path, list_rejected: bool = True
+) -> tuple[list[StoredModel], list[Failure], list[RejectedVersion]]:
+    """`scan`, plus every version labelled rejected (newest first per name) when `list_rejected`."""
     from bentoml._internal.models.model import Model
 
     found: list[StoredModel] = []
     failures: list[Failure] = []
+    rejected: list[RejectedVersion] = []
     try:
         entries = sorted(store_dir.iterdir())
     except OSError:
-        return found, failures  # no store yet, or it is gone for now: nothing to serve from it
+        return found, failures, rejected  # no store yet, or it is gone for now: nothing to serve from it
     for entry in entries:
         name = entry.name
         if name.startswith(".") or not re.fullmatch(r"[a-z0-9][a-z0-9._-]*", name) or not entry.is_dir():
@@ -97,8 +123,57 @@ def scan(store_dir: Path) -> tuple[list[StoredModel], list[Failure]]:
         if labels.get("project") != PROJECT:
             continue
         algorithm = labels.get("algorithm") or name.removeprefix(MODEL_PREFIX)
-        found.append(StoredModel(name, str(model.tag), algorithm, entry / version))
-    return found, failures
+        others: list[tuple[str, Any]] | None = None
+        if _is_rejected(model):
+            others = _complete_versions(entry)
+            # Not newer than `latest`: a newer folder is a save still in progress.
+            served = [
+                (v, m)
+                for v, m in others
+                if not _is_rejected(m)
+                and m.info.labels.get("project") == PROJECT
+                and m.info.creation_time <= model.info.creation_time
+            ]
+            if served:
+                version, model = served[0]
+                found.append(StoredModel(name, str(model.tag), algorithm, entry / version))
+        else:
+            found.append(StoredModel(name, str(model.tag), algorithm, entry / version))
+        if list_rejected:
+            for _, other in others if others is not None else _complete_versions(entry):
+                if _is_rejected(other) and other.info.labels.get("project") == PROJECT:
+                    rejected.append(
+                        RejectedVersion(
+                            name,
+                            str(other.tag),
+                            algorithm,
+                            dict(other.info.metadata),
+                            other.info.creation_time.isoformat(timespec="seconds"),
+                        )
+                    )
+    return found, failures, rejected
+
+
+def _is_rejected(model: Any) -> bool:
+    return model.info.labels.get(STATUS_LABEL) == REJECTED
+
+
+def _complete_versions(model_dir: Path) -> list[tuple[str, Any]]:
+    """Every readable version under a model name, newest first. Unreadable ones are skipped: besides `latest`
+    (which BentoML writes only after a save completed), any version folder may be a save still in progress."""
+    from bentoml._internal.models.model import Model
+
+    versions = []
+    for path in model_dir.iterdir():
+        if path.name.startswith(".") or not path.is_dir():
+            continue
+        try:
+            model = Model.from_path(path)
+        except Exception:
+            continue
+        versions.append((path.name, model))
+    versions.sort(key=lambda vm: (vm[1].info.creation_time, vm[0]), reverse=True)
+    return versions
 
 
 def _latest_version(model_dir: Path) -> str:
@@ -190,6 +265,7 @@ class Snapshot:
 
     models: dict[str, LoadedModel] = field(default_factory=dict)
     failures: tuple[Failure, ...] = ()
+    rejected: tuple[RejectedVersion, ...] = ()
 
     def best(self) -> LoadedModel | None:
         """The default model: highest cross-validated accuracy (ties broken by name)."""
@@ -246,14 +322,14 @@ class Registry:
         return self._snapshot
 
     def _refresh(self) -> Change:
-        stored, failures = scan(self.store_dir)
+        stored, failures, rejected = scan_with_rejected(self.store_dir)
         current = self._snapshot.models
         if current and not self.store_dir.is_dir():
             # The store vanished (an unmounted volume, a folder moved away): keep serving what is loaded until it is
             # back rather than turn every request into a 503. Removing one model's folder still removes that model.
             reason = f"the model store {self.store_dir} is not there; serving the models loaded before"
             gone = Failure(STORE_FAILURE, reason)
-            self._snapshot = Snapshot(current, (gone,))
+            self._snapshot = Snapshot(current, (gone,), self._snapshot.rejected)
             return Change(added=[], updated=[], removed=[], failed=[gone], serving=[m.tag for m in current.values()])
         models: dict[str, LoadedModel] = {}
         for entry in stored:
@@ -272,7 +348,7 @@ class Registry:
                 models[failure.name] = current[failure.name]
         # Kept for a batch that was queued before its model was removed (it still finishes on it).
         self.retired = {n: m for n, m in current.items() if n not in models}
-        self._snapshot = Snapshot(dict(sorted(models.items())), tuple(failures))
+        self._snapshot = Snapshot(dict(sorted(models.items())), tuple(failures), tuple(rejected))
         self._loaded_once = True
         return Change(
             added=[m.tag for n, m in models.items() if n not in current],

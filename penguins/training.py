@@ -135,8 +135,9 @@ def train(algorithm: str, frame: pd.DataFrame, seed: int = DEFAULT_SEED, compile
     return trained
 
 
-def save(trained: TrainedModel) -> str:
-    """Save into the BentoML model store (BENTOML_HOME); return the new tag."""
+def save(trained: TrainedModel, labels: dict[str, str] | None = None) -> str:
+    """Save into the BentoML model store (BENTOML_HOME); return the new tag. `labels` add to the project's own
+    (the promotion gate's `status`)."""
     import bentoml
 
     metadata = {
@@ -153,7 +154,7 @@ def save(trained: TrainedModel) -> str:
     saved = bentoml.sklearn.save_model(
         trained.name,
         trained.pipeline,
-        labels=labels_for(trained.algorithm),
+        labels={**labels_for(trained.algorithm), **(labels or {})},
         metadata=metadata,
         custom_objects=custom_objects or None,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
@@ -98,3 +99,47 @@ def pytest_terminal_summary(terminalreporter):
     out = ROOT / "test-artifacts"
     out.mkdir(exist_ok=True)
     (out / "figures.json").write_text(json.dumps(_FIGURES, indent=2) + "\n")
+
+
+def _database(start):
+    from tests.databases import Unavailable
+
+    with contextlib.ExitStack() as stack:
+        try:
+            url = stack.enter_context(start())
+        except Unavailable as reason:
+            pytest.skip(str(reason))
+        yield url
+
+
+@pytest.fixture(scope="session")
+def mariadb_server():
+    """A private MariaDB server for the session (skipped, saying why, when mariadb-server is not installed)."""
+    from tests.databases import mariadb
+
+    yield from _database(mariadb)
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A private PostgreSQL server for the session (skipped, saying why, when its binaries are not installed)."""
+    from tests.databases import postgres
+
+    yield from _database(postgres)
+
+
+@pytest.fixture(params=["sqlite", "mariadb", "postgresql"])
+def db_url(request, tmp_path):
+    """A database with none of this project's tables: a SQLite file, or the session's MariaDB or PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'penguins.db'}"
+        return
+    url = request.getfixturevalue("mariadb_server" if request.param == "mariadb" else "postgres_server")
+    from sqlalchemy import create_engine
+
+    from penguins.db import metadata
+
+    engine = create_engine(url)
+    metadata.drop_all(engine)
+    engine.dispose()
+    yield url

@@ -44,8 +44,9 @@ def test_empty_store_to_serving_to_retrained(tmp_path):
         (default,) = client.classify(penguins=[EXAMPLE_PENGUIN])
         assert default["model"] in report["serving"]
 
-        # A new version under an existing name is served after reload.
-        run_train(home, "--models", "random-forest", "--seed", "7")
+        # A new version under an existing name is served after reload (forced past the promotion gate: seed 7's
+        # held-out accuracy is lower than seed 42's; the gate has its own tests).
+        run_train(home, "--models", "random-forest", "--seed", "7", "--no-gate")
         report = client.reload()
         (update,) = report["updated"]
         assert update["from"] == first_rf and update["to"] != first_rf

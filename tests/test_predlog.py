@@ -42,3 +42,30 @@ def test_rotation_keeps_a_bounded_number_of_whole_lines(tmp_path):
     lines = [json.loads(line) for f in files for line in f.read_text().splitlines()]
     assert all(line["model"] == "m:1" for line in lines)
     assert "r199" in {line["request_id"] for line in lines}
+
+
+def test_a_hostile_request_id_cannot_break_a_line(tmp_path):
+    log = PredictionLog(tmp_path, max_bytes=10_000, backups=1, worker=1)
+    log.write('x", "model": "forged\n', "/classify", b'{"penguins": []}', b'[{"model": "m:1"}]', 0.001)
+    (line,) = (tmp_path / "predictions-w1.jsonl").read_text().splitlines()
+    record = json.loads(line)
+    assert record["request_id"] == 'x", "model": "forged\n' and record["model"] == "m:1"
+
+
+def test_the_log_is_on_by_default_beside_the_store(tmp_path, monkeypatch):
+    from penguins.serving import Gateway
+    from penguins.settings import Settings
+
+    monkeypatch.setattr("penguins.serving.default_store_dir", lambda: tmp_path / "home" / "models")
+    gateway = Gateway(app=None, model_routes={}, settings=Settings(log_dir=None))
+    assert gateway.prediction_log().path.parent == tmp_path / "home" / "prediction-logs"
+
+
+def test_an_unwritable_log_directory_disables_the_log_not_the_service(tmp_path):
+    from penguins.serving import Gateway
+    from penguins.settings import Settings
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    gateway = Gateway(app=None, model_routes={}, settings=Settings(log_dir=blocker / "logs"))
+    assert gateway.prediction_log() is None and gateway.prediction_log() is None  # and it does not retry each time

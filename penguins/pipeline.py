@@ -1,0 +1,139 @@
+"""The retraining pipeline's steps, one function each, for an orchestrator (the Airflow DAG in `dags/`) to call:
+
+    ingest -> clean -> train -> gate -> reload
+
+Each step takes its settings from PENGUINS_* environment variables (`PipelineSettings`), optionally overridden by a
+dict (the DAG's run parameters), and returns a JSON-able report (Airflow keeps it as the task's XCom). The model
+store is BentoML's own ($BENTOML_HOME), as for `train.py`.
+
+Between `train` and `gate` the trained candidates wait as pickles under `$BENTOML_HOME/penguins-staging/` (the
+gate's decision is a label, and BentoML sets labels at save time, so nothing is saved before the gate decides);
+`gate` saves each with its decision and removes the pickles.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from penguins.db import DEFAULT_URL
+from penguins.gate import DEFAULT_TOLERANCE
+
+os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
+
+STAGING = "penguins-staging"
+
+
+class PipelineSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PENGUINS_", extra="ignore")
+
+    database_url: str = Field(default=DEFAULT_URL, description="SQLAlchemy URL of the penguin tables")
+    csv: str | None = Field(default=None, description="CSV to ingest instead of the bundled Palmer Penguins rows")
+    models: list[str] | None = Field(default=None, description="Algorithms to train (default: all)")
+    seed: int = 42
+    tolerance: float = Field(default=DEFAULT_TOLERANCE, ge=0, description="Promotion gate tolerance")
+    api_url: str | None = Field(
+        default=None,
+        description="Base URL of the penguin API to reload, e.g. http://api:3000; reload is skipped when unset",
+    )
+    admin_token: SecretStr | None = Field(default=None, description="Bearer token the API's reload needs")
+
+
+def settings(overrides: dict[str, Any] | None = None) -> PipelineSettings:
+    """Environment first, then the non-empty overrides (run parameters) on top."""
+    given = {k: v for k, v in (overrides or {}).items() if v not in (None, "", [])}
+    return PipelineSettings(**given)
+
+
+def ingest(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    from penguins.db import ingest as ingest_rows
+
+    config = settings(overrides)
+    return ingest_rows(config.database_url, csv=config.csv).as_dict()
+
+
+def clean(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    from penguins.db import clean as clean_rows
+
+    return clean_rows(settings(overrides).database_url).as_dict()
+
+
+def train(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train every algorithm on the clean table; leave the candidates in the staging folder for `gate`."""
+    from penguins.data import fingerprint
+    from penguins.db import load_clean, safe_url
+    from penguins.store import default_store_dir
+    from penguins.training import ALGORITHMS
+    from penguins.training import train as fit
+
+    config = settings(overrides)
+    algorithms = config.models or list(ALGORITHMS)
+    unknown = sorted(set(algorithms) - set(ALGORITHMS))
+    if unknown:
+        raise ValueError(f"unknown algorithms {unknown}; choose from {', '.join(ALGORITHMS)}")
+    frame = load_clean(config.database_url)
+    staging_root = default_store_dir().parent / STAGING
+    staging_root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix="run-", dir=staging_root))
+    candidates = []
+    for algorithm in algorithms:
+        trained = fit(algorithm, frame, config.seed)
+        trained.provenance["data_source"] = f"{safe_url(config.database_url)}#penguins_clean"
+        path = staging / f"{algorithm}.pkl"
+        with path.open("wb") as out:
+            pickle.dump(trained, out)
+        candidates.append(
+            {
+                "algorithm": algorithm,
+                "path": str(path),
+                **{k: trained.metrics[k] for k in ("test_accuracy", "cv_accuracy_mean")},
+            }
+        )
+    return {
+        "staging": str(staging),
+        "rows": len(frame),
+        "data_fingerprint": fingerprint(frame),
+        "candidates": candidates,
+    }
+
+
+def gate(trained: dict[str, Any], overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Save each candidate `train` left, labelled promoted or rejected against the served version."""
+    from penguins.gate import save_gated
+
+    config = settings(overrides)
+    decisions = []
+    for candidate in trained["candidates"]:
+        with open(candidate["path"], "rb") as source:
+            model = pickle.load(source)  # written by `train` above, in our own staging folder
+        tag, decision = save_gated(model, config.tolerance)
+        decisions.append({"algorithm": candidate["algorithm"], "tag": tag, **decision.as_dict()})
+    shutil.rmtree(trained["staging"], ignore_errors=True)
+    return {
+        "promoted": [d["tag"] for d in decisions if d["promoted"]],
+        "rejected": [d["tag"] for d in decisions if not d["promoted"]],
+        "decisions": decisions,
+    }
+
+
+def reload(overrides: dict[str, Any] | None = None, timeout: float = 60) -> dict[str, Any]:
+    """Ask the API to re-read the store (with the admin token when one is set); fail on any error answer."""
+    import httpx
+
+    config = settings(overrides)
+    if not config.api_url:
+        return {"skipped": "PENGUINS_API_URL is not set: no API to reload"}
+    headers = {}
+    if config.admin_token is not None:
+        headers["Authorization"] = f"Bearer {config.admin_token.get_secret_value()}"
+    response = httpx.post(f"{config.api_url.rstrip('/')}/reload", headers=headers, timeout=timeout)
+    if response.status_code != 200:
+        raise RuntimeError(f"reload at {config.api_url} answered {response.status_code}: {response.text[:500]}")
+    return response.json()
