@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import platform
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -151,14 +153,50 @@ def save(trained: TrainedModel, labels: dict[str, str] | None = None) -> str:
         custom_objects["onnx"] = trained.onnx
     if trained.explanation is not None:
         custom_objects[EXPLAIN_OBJECT] = trained.explanation
-    saved = bentoml.sklearn.save_model(
-        trained.name,
-        trained.pipeline,
-        labels={**labels_for(trained.algorithm), **(labels or {})},
-        metadata=metadata,
-        custom_objects=custom_objects or None,
-    )
+    with _stock_pickle():
+        saved = bentoml.sklearn.save_model(
+            trained.name,
+            trained.pipeline,
+            labels={**labels_for(trained.algorithm), **(labels or {})},
+            metadata=metadata,
+            custom_objects=custom_objects or None,
+        )
     return str(saved.tag)
+
+
+@contextmanager
+def _stock_pickle() -> Iterator[None]:
+    """Pickle without dill's reducers while saving. Importing dill (Airflow does, in the DAG's task processes) adds
+    them to the pure-Python pickler's dispatch table, which joblib (hence bentoml.sklearn) copies into its own
+    pickler when imported: the saved pipeline would then need dill to load (`dill._dill._load_type` for its slices),
+    and the API's image has no dill. Every such table gets the stock reducers back for the save, then is restored."""
+    if "dill" not in sys.modules:
+        yield
+        return
+    import pickle
+
+    from dill import _dill
+
+    stock = getattr(_dill, "pickle_dispatch_copy", {})  # pickle's own table, copied by dill before extending it
+    tables, pending = {}, [pickle._Pickler]
+    while pending:
+        cls = pending.pop()
+        tables[id(cls.dispatch)] = cls.dispatch
+        pending.extend(cls.__subclasses__())
+    saved = [(table, dict(table)) for table in tables.values()]
+    for table in tables.values():
+        for key, reducer in list(table.items()):
+            if str(getattr(reducer, "__module__", "")).startswith("dill"):
+                if key in stock:
+                    table[key] = stock[key]
+                else:
+                    del table[key]
+    try:
+        yield
+    finally:
+        for table, before in saved:
+            table.clear()
+            table.update(before)
 
 
 def library_versions() -> dict[str, str]:

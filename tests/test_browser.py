@@ -1,42 +1,28 @@
 """The /ui page in headless Chromium (Debian's `chromium` package driven by Playwright) against a real `bentoml serve`.
 
-Needs /usr/bin/chromium (`apt-get install -y chromium`); never `playwright install`. Screenshots go to
+Needs /usr/bin/chromium (`apt-get install -y chromium`; see tests/browser.py). Screenshots go to
 test-artifacts/ (gitignored); with PENGUINS_UPDATE_DOCS_SCREENSHOT=1 the README's docs/ui.png is rewritten too.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-from pathlib import Path
 
 import pytest
 
 from penguins.contract import EXAMPLE_PENGUIN
 from penguins.store import model_name
+from tests import browser as browser_tools
+from tests.browser import ARTIFACTS, TIMEOUT_MS
 from tests.servers import ROOT, run_train, serve
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
-CHROMIUM = os.environ.get("PENGUINS_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 DOCS_SCREENSHOT = ROOT / "docs" / "ui.png"
-ARTIFACTS = ROOT / "test-artifacts"
 MODELS = ("logistic-regression", "random-forest")
-TIMEOUT_MS = 30_000
 
-if not Path(CHROMIUM).is_file() and not shutil.which(CHROMIUM):
-    pytest.skip(f"no Chromium at {CHROMIUM}: apt-get install -y chromium", allow_module_level=True)
-sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is a dev dependency: uv sync")
+if reason := browser_tools.missing():
+    pytest.skip(reason, allow_module_level=True)
 
 
 @pytest.fixture(scope="module")
@@ -49,10 +35,8 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
-    with sync_api.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    with browser_tools.chromium() as chromium:
         yield chromium
-        chromium.close()
 
 
 @pytest.fixture
@@ -91,8 +75,10 @@ def test_the_client_has_explain(server):
 
 
 def _submit(page):
+    """Submit the form; return the /explain response once the page has shown it (it clears aria-busy then)."""
     with page.expect_response(lambda r: r.url.endswith("/explain")) as answer:
         page.click("#submit")
+    page.wait_for_selector("body:not([aria-busy])", state="attached")
     return answer.value
 
 

@@ -12,14 +12,9 @@ free loopback ports, and is removed at the end (containers, volumes, images). A 
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import subprocess
-import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
@@ -28,105 +23,15 @@ from penguins.contract import EXAMPLE_PENGUIN
 from penguins.store import endpoint_name
 from penguins.training import ALGORITHMS
 from penguins.ui import STATIC
-from tests.servers import free_port
+from tests.compose import COMPOSE, WHY_NOT, Stack
 
 pytestmark = [pytest.mark.container, pytest.mark.integration]
 
-ROOT = Path(__file__).resolve().parents[1]
-DEPLOY = ROOT / "scripts" / "deploy"
-ADMIN_TOKEN = "container-test-admin-token"
 STORE = "/home/bentoml/models"
 LOGS = "/home/bentoml/logs"
 
-
-def _engine() -> tuple[list[str] | None, str]:
-    """The compose command, or None and why not."""
-    if shutil.which("docker") is None:
-        return None, "no docker client on PATH (../shared/docker/up installs one)"
-    if subprocess.run(["docker", "info"], capture_output=True, timeout=60).returncode != 0:
-        return None, "no Docker engine answers `docker info` (start one with ../shared/docker/up)"
-    if subprocess.run(["docker", "compose", "version"], capture_output=True, timeout=60).returncode == 0:
-        return ["docker", "compose"], ""
-    if shutil.which("docker-compose"):
-        return ["docker-compose"], ""
-    return None, "neither `docker compose` nor `docker-compose` is installed"
-
-
-COMPOSE, WHY_NOT = _engine()
 if COMPOSE is None:
     pytest.skip(f"container tests need a Docker engine: {WHY_NOT}", allow_module_level=True)
-
-
-class Stack:
-    """One compose project of this repository's docker-compose.yml, driven like a user would."""
-
-    def __init__(self, home: Path):
-        suffix = uuid.uuid4().hex[:8]
-        self.project = f"penguins-test-{suffix}"
-        self.api_port, self.jupyter_port = free_port(), free_port()
-        self.url = f"http://127.0.0.1:{self.api_port}"
-        self.env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith(("PENGUINS_", "JUPYTER_", "COMPOSE_"))},
-            "BENTOML_HOME": str(home),  # where `bentoml build` keeps the bento
-            "BENTOML_DO_NOT_TRACK": "true",
-            "COMPOSE": " ".join(COMPOSE),
-            "COMPOSE_PROJECT_NAME": self.project,
-            "PENGUINS_API_PORT": str(self.api_port),
-            "JUPYTER_PORT": str(self.jupyter_port),
-            "PENGUINS_API_IMAGE": f"penguins-api:test-{suffix}",
-            "PENGUINS_JUPYTER_IMAGE": f"penguins-jupyter:test-{suffix}",
-            "PENGUINS_ADMIN_TOKEN": ADMIN_TOKEN,
-            "JUPYTER_TOKEN": f"jupyter-{suffix}",
-        }
-        self.env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-
-    def run(self, *args: str, timeout: float = 900, check: bool = True) -> subprocess.CompletedProcess:
-        result = subprocess.run(list(args), cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=timeout)
-        if check and result.returncode != 0:
-            raise AssertionError(
-                f"{' '.join(args)} exited {result.returncode}:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
-            )
-        return result
-
-    def deploy(self, *args: str, timeout: float = 1800) -> subprocess.CompletedProcess:
-        return self.run(str(DEPLOY), *args, timeout=timeout)
-
-    def compose(self, *args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
-        return self.run(*COMPOSE, *args, timeout=timeout, check=check)
-
-    def exec(self, service: str, *command: str, timeout: float = 600) -> str:
-        return self.compose("exec", "-T", service, *command, timeout=timeout).stdout
-
-    def client(self, **kwargs):
-        import bentoml
-
-        return bentoml.SyncHTTPClient(self.url, **kwargs)
-
-    def wait_live(self, timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.url}/livez", timeout=3).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(1)
-        raise TimeoutError(f"api not live after {timeout}s:\n{self.compose('logs', 'api', check=False).stdout}")
-
-    def health(self, service: str, timeout: float = 180) -> str:
-        """The container's healthcheck status once it reports healthy (checks run every 10 s), or at the timeout."""
-        container = self.compose("ps", "-q", service).stdout.strip()
-        deadline = time.monotonic() + timeout
-        while True:
-            status = self.run("docker", "inspect", "-f", "{{.State.Health.Status}}", container).stdout.strip()
-            if status == "healthy" or time.monotonic() > deadline:
-                return status
-            time.sleep(2)
-
-    def remove(self) -> None:
-        self.compose("down", "--volumes", "--remove-orphans", "--timeout", "20", check=False)
-        for image in (self.env["PENGUINS_API_IMAGE"], self.env["PENGUINS_JUPYTER_IMAGE"]):
-            self.run("docker", "image", "rm", "--force", image, check=False)
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +59,7 @@ def served_tags(stack: Stack) -> dict[str, str]:
 
 def test_the_api_starts_on_an_empty_store_and_reports_not_ready(stack):
     stack.compose("up", "-d", "api")
-    stack.wait_live()
+    stack.wait_for("/livez", 120)
     assert httpx.get(f"{stack.url}/readyz", timeout=5).status_code == 503
     answer = httpx.post(f"{stack.url}/classify", json={"penguins": [EXAMPLE_PENGUIN]}, timeout=10)
     assert answer.status_code == 503 and "no penguin model is loaded" in answer.json()["error"]
@@ -232,7 +137,7 @@ def test_training_in_jupyter_then_reload_serves_the_new_version(stack):
     assert served_tags(stack) == before, "nothing changes before reload"
 
     assert httpx.post(f"{stack.url}/reload", timeout=30).status_code == 401  # the admin token is required
-    with stack.client(token=ADMIN_TOKEN) as client:
+    with stack.client(token=stack.admin_token) as client:
         report = client.reload()
     [update] = report["updated"]
     assert update["name"] == "penguins-random-forest" and update["from"] == before["random-forest"]

@@ -1,0 +1,130 @@
+"""Drive one compose project of this repository's docker-compose.yml like a user would: the container tests' stack.
+
+Each stack gets a unique project name, unique image tags and free loopback ports, so runs never meet each other or
+a user's own stack; `remove` takes down its containers, volumes and tags.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+
+from tests.servers import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOY = ROOT / "scripts" / "deploy"
+
+
+def _engine() -> tuple[list[str] | None, str]:
+    """The compose command, or None and why not."""
+    if shutil.which("docker") is None:
+        return None, "no docker client on PATH (../shared/docker/up installs one)"
+    if subprocess.run(["docker", "info"], capture_output=True, timeout=60).returncode != 0:
+        return None, "no Docker engine answers `docker info` (start one with ../shared/docker/up)"
+    if subprocess.run(["docker", "compose", "version"], capture_output=True, timeout=60).returncode == 0:
+        return ["docker", "compose"], ""
+    if shutil.which("docker-compose"):
+        return ["docker-compose"], ""
+    return None, "neither `docker compose` nor `docker-compose` is installed"
+
+
+COMPOSE, WHY_NOT = _engine()
+
+
+class Stack:
+    """One compose project; `profiles` and `env` add to what the base stack (api, trainer, jupyter) needs."""
+
+    def __init__(self, home: Path, *, profiles: tuple[str, ...] = (), images: tuple[str, ...] = (), **env: str):
+        assert COMPOSE is not None, WHY_NOT
+        suffix = uuid.uuid4().hex[:8]
+        self.suffix = suffix
+        self.profiles = profiles
+        self.project = f"penguins-test-{suffix}"
+        self.api_port, self.jupyter_port = free_port(), free_port()
+        self.url = f"http://127.0.0.1:{self.api_port}"
+        self.admin_token = f"admin-{uuid.uuid4().hex}"
+        self.images = {
+            f"PENGUINS_{name.upper()}_IMAGE": f"penguins-{name}:test-{suffix}" for name in ("api", "jupyter", *images)
+        }
+        self.env = {
+            # The user's own settings for the stack must not leak into the test's.
+            **{
+                k: v
+                for k, v in os.environ.items()
+                if not k.startswith(("PENGUINS_", "JUPYTER_", "COMPOSE_", "AIRFLOW_"))
+            },
+            **self.images,
+            "BENTOML_HOME": str(home),  # where `bentoml build` keeps the bento
+            "BENTOML_DO_NOT_TRACK": "true",
+            "COMPOSE": " ".join(COMPOSE),
+            "COMPOSE_PROJECT_NAME": self.project,
+            "PENGUINS_API_PORT": str(self.api_port),
+            "JUPYTER_PORT": str(self.jupyter_port),
+            "PENGUINS_ADMIN_TOKEN": self.admin_token,
+            "JUPYTER_TOKEN": f"jupyter-{suffix}",
+            **env,
+        }
+        if profiles:
+            self.env["COMPOSE_PROFILES"] = ",".join(profiles)  # scripts/deploy's compose calls see them too
+        self.env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+
+    def run(self, *args: str, timeout: float = 900, check: bool = True) -> subprocess.CompletedProcess:
+        result = subprocess.run(list(args), cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=timeout)
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"{' '.join(args)} exited {result.returncode}:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+            )
+        return result
+
+    def deploy(self, *args: str, timeout: float = 1800) -> subprocess.CompletedProcess:
+        """scripts/deploy, the user's one command (build: bentoml build -> containerize -> the jupyter image)."""
+        return self.run(str(DEPLOY), *args, timeout=timeout)
+
+    def compose(self, *args: str, timeout: float = 900, check: bool = True) -> subprocess.CompletedProcess:
+        profiles = [arg for profile in self.profiles for arg in ("--profile", profile)]
+        return self.run(*COMPOSE, *profiles, *args, timeout=timeout, check=check)
+
+    def exec(self, service: str, *command: str, timeout: float = 600) -> str:
+        return self.compose("exec", "-T", service, *command, timeout=timeout).stdout
+
+    def logs(self, *services: str) -> str:
+        return self.compose("logs", "--tail=60", *services, check=False).stdout
+
+    def client(self, **kwargs):
+        import bentoml
+
+        return bentoml.SyncHTTPClient(self.url, **kwargs)
+
+    def wait_for(self, path: str, timeout: float, *services: str) -> None:
+        """Until the API answers `path` with 200 (`/livez`: it runs; `/readyz`: it serves models)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}{path}", timeout=5).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        raise TimeoutError(f"no 200 from {path} after {timeout}s:\n{self.logs('api', *services)}")
+
+    def health(self, service: str, timeout: float = 300) -> str:
+        """The container's healthcheck status once it reports healthy, or at the timeout."""
+        container = self.compose("ps", "-q", service).stdout.strip()
+        deadline = time.monotonic() + timeout
+        while True:
+            status = self.run("docker", "inspect", "-f", "{{.State.Health.Status}}", container).stdout.strip()
+            if status == "healthy" or time.monotonic() > deadline:
+                return status
+            time.sleep(2)
+
+    def remove(self) -> None:
+        self.compose("down", "--volumes", "--remove-orphans", "--timeout", "20", check=False)
+        for image in self.images.values():
+            # Untag only: the build layers stay as Docker's build cache, so the next run builds fast.
+            self.run("docker", "image", "rm", "--force", "--no-prune", image, check=False)
