@@ -1,8 +1,11 @@
 """One-command benchmark: in-process predictors, the BentoML no-op ceiling, our service, and the workshop-style
 baseline, all started here on loopback and measured in the same run, with ratios.
 
-    uv run python benchmarks/run.py            # full: 10 s per load point (about 5 minutes)
-    uv run python benchmarks/run.py --quick    # short: 1 s per point, about 2 minutes (CI runs it: it cannot rot)
+    uv run python benchmarks/run.py            # full: 3 rounds of 5 s per load point (about 8 minutes)
+    uv run python benchmarks/run.py --quick    # short: 1 round of 1 s, about 2 minutes (CI runs it: it cannot rot)
+
+All servers run at once and the load points are interleaved (at each concurrency, round after round: the ceiling,
+ours, the baselines), so every ratio compares figures taken seconds apart on this noisy machine.
 
 Needs `wrk` (Debian package) as the load generator: a closed loop of N connections, in its own process.
 Prints a table and writes it as JSON (bench-results/benchmark.json by default).
@@ -11,6 +14,7 @@ Prints a table and writes it as JSON (bench-results/benchmark.json by default).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -19,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
@@ -68,9 +73,22 @@ def wrk(url: str, body: dict, connections: int, seconds: float) -> dict:
     }
 
 
-def load_curve(url: str, body: dict, seconds: float) -> list[dict]:
-    wrk(url, body, 8, min(seconds, 1))  # warm-up: first requests pay imports, batching calibration
-    return [wrk(url, body, c, seconds) for c in CONCURRENCY]
+def settle(timeout: float = 60) -> None:
+    """Wait until the machine is nearly idle: a server left with abandoned requests (the baseline at high concurrency
+    answers long after wrk stops) would otherwise take CPU from the next server measured."""
+
+    def busy() -> tuple[int, int]:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        return sum(fields) - fields[3] - fields[4], sum(fields)  # not idle, not iowait
+
+    if not Path("/proc/stat").exists():
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        (b0, t0), _ = busy(), time.sleep(0.25)
+        b1, t1 = busy()
+        if (b1 - b0) / max(t1 - t0, 1) < 0.1:
+            return
 
 
 def in_process(home: Path) -> dict:
@@ -121,6 +139,18 @@ def bulk(url: str, repeats: int) -> dict:
     return {"rows": BULK_ROWS, "seconds": seconds, "rows_per_s": BULK_ROWS / seconds}
 
 
+@contextlib.contextmanager
+def baseline(home: Path, model: str, logs: Path) -> Iterator[str]:
+    """The workshop-style FastAPI + uvicorn app serving one saved pipeline; yields its base URL."""
+    port = free_port()
+    env = {**os.environ, "BENTOML_HOME": str(home), "BASELINE_MODEL": f"penguins-{model}"}
+    command = [sys.executable, "-m", "uvicorn", "benchmarks.baseline_app:app", "--host", "127.0.0.1"]
+    command += ["--port", str(port), "--log-level", "warning"]
+    url = f"http://127.0.0.1:{port}"
+    with running(command, logs / f"baseline-{model}.log", env, f"{url}/livez"):
+        yield url
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="1 s per load point instead of 10 (figures are rough)")
@@ -128,11 +158,12 @@ def main() -> int:
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("benchmarks need wrk: apt-get install wrk")
-    seconds = 1 if args.quick else 10
+    seconds, rounds = (1, 1) if args.quick else (5, 3)
     single = {"penguins": [EXAMPLE_PENGUIN]}
     results: dict = {
         "mode": "quick" if args.quick else "full",
         "seconds_per_point": seconds,
+        "rounds": rounds,
         "settings": {k: v for k, v in os.environ.items() if k.startswith("PENGUINS_")},
     }
 
@@ -143,34 +174,36 @@ def main() -> int:
         print("in-process ...", file=sys.stderr)
         results["in_process"] = in_process(home)
 
-        print("BentoML no-op ceiling ...", file=sys.stderr)
-        with serve(home, logs / "noop.log", target="benchmarks.noop_service:Noop") as url:
-            results["ceiling"] = load_curve(f"{url}/classify", single, seconds)
-
-        print("our service ...", file=sys.stderr)
-        with serve(home, logs / "service.log") as url:
-            results["ours"] = {m: load_curve(f"{url}/classify_{m.replace('-', '_')}", single, seconds) for m in MODELS}
-            results["bulk"] = bulk(url, repeats=1 if args.quick else 5)
-
-        results["baseline"] = {}
-        for model in MODELS:
-            print(f"baseline (FastAPI + uvicorn, {model}) ...", file=sys.stderr)
-            port = free_port()
-            env = {**os.environ, "BENTOML_HOME": str(home), "BASELINE_MODEL": f"penguins-{model}"}
-            command = [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "benchmarks.baseline_app:app",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--log-level",
-                "warning",
-            ]
-            with running(command, logs / f"baseline-{model}.log", env, f"http://127.0.0.1:{port}/livez"):
-                results["baseline"][model] = load_curve(f"http://127.0.0.1:{port}/predict", EXAMPLE_PENGUIN, seconds)
+        # Every server runs at once and the load points are interleaved (at each concurrency: the ceiling, ours, the
+        # baseline), so each ratio compares figures taken a few seconds apart: this machine's speed drifts over minutes.
+        with contextlib.ExitStack() as servers:
+            print("starting the no-op ceiling, our service and the baselines ...", file=sys.stderr)
+            ceiling = servers.enter_context(serve(home, logs / "noop.log", target="benchmarks.noop_service:Noop"))
+            ours = servers.enter_context(serve(home, logs / "service.log"))
+            baselines = {model: servers.enter_context(baseline(home, model, logs)) for model in MODELS}
+            targets = {
+                ("ceiling", None): (f"{ceiling}/classify", single),
+                **{("ours", m): (f"{ours}/classify_{m.replace('-', '_')}", single) for m in MODELS},
+                **{("baseline", m): (f"{baselines[m]}/predict", EXAMPLE_PENGUIN) for m in MODELS},
+            }
+            for url, body in targets.values():
+                wrk(url, body, 8, 1)  # warm-up: first requests pay imports, batching calibration
+                settle()
+            curves: dict = {key: [] for key in targets}
+            for connections in CONCURRENCY:
+                print(f"load at concurrency {connections} ...", file=sys.stderr)
+                measured: dict = {key: [] for key in targets}
+                for _ in range(rounds):
+                    for key, (url, body) in targets.items():
+                        measured[key].append(wrk(url, body, connections, seconds))
+                        settle()
+                for key, points in measured.items():  # each server's median round by throughput
+                    curves[key].append(sorted(points, key=lambda p: p["rps"])[len(points) // 2])
+            results["ceiling"] = curves["ceiling", None]
+            results["ours"] = {m: curves["ours", m] for m in MODELS}
+            results["baseline"] = {m: curves["baseline", m] for m in MODELS}
+            print("bulk ...", file=sys.stderr)
+            results["bulk"] = bulk(ours, repeats=1 if args.quick else 5)
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
@@ -221,7 +254,12 @@ def print_table(results: dict) -> None:
         table.add_row(key, f"{value['bulk_rows_per_s']:,.0f}", f"{value['one_row_ms']:.3f}")
     console.print(table)
 
-    table = Table(title=f"closed-loop single-penguin load, {results['seconds_per_point']} s per point (wrk)")
+    table = Table(
+        title=(
+            f"closed-loop single-penguin load (wrk): the median of {results['rounds']} interleaved rounds of "
+            f"{results['seconds_per_point']} s per point"
+        )
+    )
     for column in ("server", "conc.", "req/s", "p50 ms", "p99 ms", "errors", "÷ baseline", "÷ ceiling", "p99 ÷ ceil"):
         table.add_column(column, justify="right")
     ratio = {(m, r["concurrency"]): r for m, rs in results["ratios"].items() if m in MODELS for r in rs}
