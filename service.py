@@ -23,11 +23,11 @@ from penguins.serving import (
     Penguins,
     Predictions,
     ReloadReport,
-    error_body,
     get_registry,
     listing,
     report,
     resolve,
+    resolve_explainable,
     typed_routes,
 )
 from penguins.settings import get_settings
@@ -68,21 +68,17 @@ class PenguinClassifier:
     @bentoml.api
     def explain(self, penguin: Penguin, model: ModelName = None, k: Neighbours = DEFAULT_NEIGHBOURS) -> Explanation:
         """Classify one penguin and explain: its k nearest training penguins, its place on the PCA map, importances."""
-        chosen = resolve(self.registry.sync(), model)
+        chosen = resolve_explainable(self.registry.sync(), model)
         if isinstance(chosen, tuple):
             return _json(*chosen)
-        if chosen.explainer is None:
-            return _json(*error_body(409, f"model {chosen.tag} was saved without explanation data: retrain it"))
         return chosen.explain(penguin, k)
 
     @bentoml.api
     def training_map(self, model: ModelName = None) -> TrainingMap:
         """The model's training penguins on its 2-D PCA map (the map explain places a penguin on)."""
-        chosen = resolve(self.registry.sync(), model)
+        chosen = resolve_explainable(self.registry.sync(), model)
         if isinstance(chosen, tuple):
             return _json(*chosen)
-        if chosen.explainer is None:
-            return _json(*error_body(409, f"model {chosen.tag} was saved without explanation data: retrain it"))
         return chosen.explainer.training_map(chosen.tag)
 
     @bentoml.api

@@ -20,9 +20,9 @@ from penguins.predlog import PredictionLog, worker_index
 from penguins.settings import Settings, get_settings
 from penguins.store import Change, Failure, LoadedModel, Registry, Snapshot, default_store_dir, endpoint_name
 
-# The endpoints' input and output types (also used by the benchmark's no-op service, to compare like with like).
 logger = logging.getLogger(__name__)
 
+# The endpoints' input and output types (also used by the benchmark's no-op service, to compare like with like).
 Penguins = Annotated[
     list[Penguin], Field(min_length=1, max_length=get_settings().max_penguins, description="Penguins to classify")
 ]
@@ -172,6 +172,14 @@ def resolve(snapshot: Snapshot, requested: str | None) -> LoadedModel | tuple[in
         allowed=[m.name for m in snapshot.models.values()],
         served_tags=[m.tag for m in snapshot.models.values()],
     )
+
+
+def resolve_explainable(snapshot: Snapshot, requested: str | None) -> LoadedModel | tuple[int, bytes]:
+    """`resolve`, and a 409 error body when the model was saved without explanation data."""
+    chosen = resolve(snapshot, requested)
+    if not isinstance(chosen, tuple) and chosen.explainer is None:
+        return error_body(409, f"model {chosen.tag} was saved without explanation data: retrain it")
+    return chosen
 
 
 def typed_routes(algorithms: list[str]) -> dict[str, str]:

@@ -341,9 +341,8 @@ class Registry:
                 models[entry.name] = load(entry, self.compiled)
             except Exception as error:
                 failures.append(Failure(entry.name, _reason(error), entry.tag))
-                if cached is not None:  # a broken new version must not take down the one that works
-                    models[entry.name] = cached
-        for failure in failures:  # a half-written or unreadable new version: keep serving the one that works
+        # A broken new version (half-written, unreadable, failing to load) must not take down the one that works.
+        for failure in failures:
             if failure.name in current and failure.name not in models:
                 models[failure.name] = current[failure.name]
         # Kept for a batch that was queued before its model was removed (it still finishes on it).
