@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, Field
 
-from penguins.contract import CATEGORICAL_FEATURES, FEATURES, TARGET, Penguin, Prediction, Species
+from penguins.contract import FEATURES, TARGET, Penguin, Prediction, Species
+from penguins.predict import columns_from_frame, columns_of, frame_from_columns
 
 FORMAT = 1
 CUSTOM_OBJECT = "explain"  # key in the model's custom_objects
@@ -80,11 +81,8 @@ class TrainingMap(BaseModel):
 
 
 def frame_of(penguins: Sequence[Penguin]) -> pd.DataFrame:
-    """Penguins as the pipeline's input rows; a missing category is NaN, as in training."""
-    frame = pd.DataFrame([{f: getattr(p, f) for f in FEATURES} for p in penguins], columns=list(FEATURES))
-    for feature in CATEGORICAL_FEATURES:
-        frame[feature] = frame[feature].astype(object).where(frame[feature].notna(), np.nan)
-    return frame
+    """Penguins as the pipeline's input rows, built as the sklearn predictor builds them."""
+    return frame_from_columns(columns_of(penguins))
 
 
 def _dense(matrix: Any) -> np.ndarray:
@@ -129,7 +127,7 @@ def build(
 
     preprocessed = _dense(pipeline.named_steps["preprocess"].transform(x_train))
     pca = PCA(n_components=2, svd_solver="full").fit(preprocessed)
-    rows = {f: [None if pd.isna(v) else v for v in x_train[f].tolist()] for f in FEATURES}
+    rows = columns_from_frame(x_train)
     return {
         "format": FORMAT,
         "rows": rows,

@@ -27,6 +27,14 @@ def columns_from_frame(frame: pd.DataFrame) -> dict[str, list[Any]]:
     return {feature: [None if pd.isna(v) else v for v in frame[feature].tolist()] for feature in FEATURES}
 
 
+def frame_from_columns(columns: dict[str, list[Any]]) -> pd.DataFrame:
+    """The sklearn pipeline's input rows; a missing category is NaN, as in training."""
+    frame = pd.DataFrame(columns, columns=list(FEATURES))
+    for feature in CATEGORICAL_FEATURES:
+        frame[feature] = frame[feature].astype(object).where(frame[feature].notna(), np.nan)
+    return frame
+
+
 class Predictor(Protocol):
     kind: str
     classes: tuple[str, ...]
@@ -46,9 +54,7 @@ class SklearnPredictor:
         return tuple(str(c) for c in self.pipeline.classes_)
 
     def predict(self, columns: dict[str, list[Any]]) -> tuple[np.ndarray, np.ndarray]:
-        frame = pd.DataFrame(columns, columns=list(FEATURES))
-        for feature in CATEGORICAL_FEATURES:
-            frame[feature] = frame[feature].astype(object).where(frame[feature].notna(), np.nan)
+        frame = frame_from_columns(columns)
         # predict, not argmax(predict_proba): for SVC the two can differ, and the label must be sklearn's.
         return self.pipeline.predict(frame), self.pipeline.predict_proba(frame)
 
