@@ -71,9 +71,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     if args.data:
-        from penguins.db import load_clean, safe_url
+        from penguins.db import clean_source, load_clean
 
-        frame, source = load_clean(args.data), f"{safe_url(args.data)}#penguins_clean"
+        frame, source = load_clean(args.data), clean_source(args.data)
     else:
         frame, source = load_penguins(), "palmerpenguins (bundled)"
     table = Table(title=f"Palmer Penguins classifiers (seed {args.seed}, {len(frame)} rows) -> {store}")

@@ -138,6 +138,11 @@ def safe_url(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
+def clean_source(url: str) -> str:
+    """How a model's metadata names the rows it trained on when they came from the clean table (password hidden)."""
+    return f"{safe_url(url)}#{CLEAN_TABLE}"
+
+
 def engine_for(url: str) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":

@@ -68,7 +68,7 @@ def clean(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
 def train(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train every algorithm on the clean table; leave the candidates in the staging folder for `gate`."""
     from penguins.data import fingerprint
-    from penguins.db import load_clean, safe_url
+    from penguins.db import clean_source, load_clean
     from penguins.store import default_store_dir
     from penguins.training import ALGORITHMS
     from penguins.training import train as fit
@@ -85,7 +85,7 @@ def train(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     candidates = []
     for algorithm in algorithms:
         trained = fit(algorithm, frame, config.seed)
-        trained.provenance["data_source"] = f"{safe_url(config.database_url)}#penguins_clean"
+        trained.provenance["data_source"] = clean_source(config.database_url)
         path = staging / f"{algorithm}.pkl"
         with path.open("wb") as out:
             pickle.dump(trained, out)
