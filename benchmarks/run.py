@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 import httpx  # noqa: E402
 
 from penguins.contract import EXAMPLE_PENGUIN  # noqa: E402
+from penguins.store import endpoint_name, model_name  # noqa: E402
 from tests.servers import free_port, run_train, running, serve  # noqa: E402
 
 MODELS = ("random-forest", "logistic-regression")
@@ -143,7 +144,7 @@ def bulk(url: str, repeats: int) -> dict:
 def baseline(home: Path, model: str, logs: Path) -> Iterator[str]:
     """The workshop-style FastAPI + uvicorn app serving one saved pipeline; yields its base URL."""
     port = free_port()
-    env = {**os.environ, "BENTOML_HOME": str(home), "BASELINE_MODEL": f"penguins-{model}"}
+    env = {**os.environ, "BENTOML_HOME": str(home), "BASELINE_MODEL": model_name(model)}
     command = [sys.executable, "-m", "uvicorn", "benchmarks.baseline_app:app", "--host", "127.0.0.1"]
     command += ["--port", str(port), "--log-level", "warning"]
     url = f"http://127.0.0.1:{port}"
@@ -153,7 +154,9 @@ def baseline(home: Path, model: str, logs: Path) -> Iterator[str]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="1 s per load point instead of 10 (figures are rough)")
+    parser.add_argument(
+        "--quick", action="store_true", help="1 round of 1 s per load point instead of 3 of 5 s (figures are rough)"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results" / "benchmark.json")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
@@ -183,7 +186,7 @@ def main() -> int:
             baselines = {model: servers.enter_context(baseline(home, model, logs)) for model in MODELS}
             targets = {
                 ("ceiling", None): (f"{ceiling}/classify", single),
-                **{("ours", m): (f"{ours}/classify_{m.replace('-', '_')}", single) for m in MODELS},
+                **{("ours", m): (f"{ours}/{endpoint_name(m)}", single) for m in MODELS},
                 **{("baseline", m): (f"{baselines[m]}/predict", EXAMPLE_PENGUIN) for m in MODELS},
             }
             for url, body in targets.values():
@@ -205,9 +208,8 @@ def main() -> int:
             print("bulk ...", file=sys.stderr)
             results["bulk"] = bulk(ours, repeats=1 if args.quick else 5)
 
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2))
     results["ratios"] = ratios(results)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     print_table(results)
     print(f"\nwritten to {args.out}")
