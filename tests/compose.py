@@ -101,6 +101,11 @@ class Stack:
 
         return bentoml.SyncHTTPClient(self.url, **kwargs)
 
+    def served_tags(self) -> dict[str, str]:
+        """Algorithm -> the tag the API serves for it, from its model listing."""
+        with self.client(server_ready_timeout=0) as client:
+            return {m["algorithm"]: m["tag"] for m in client.models()["models"]}
+
     def wait_for(self, path: str, timeout: float, *services: str) -> None:
         """Until the API answers `path` with 200 (`/livez`: it runs; `/readyz`: it serves models)."""
         deadline = time.monotonic() + timeout

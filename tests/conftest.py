@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
@@ -103,8 +104,6 @@ FIGURES_DIR = ROOT / "test-artifacts" / "figures"
 
 class _Figures:
     def __setitem__(self, name: str, values: dict) -> None:
-        import json
-
         FIGURES_DIR.mkdir(parents=True, exist_ok=True)
         (FIGURES_DIR / f"{name.replace('/', '-')}.json").write_text(json.dumps({name: values}))
 
@@ -116,14 +115,10 @@ def figures() -> _Figures:
 
 def pytest_sessionstart(session):
     if not hasattr(session.config, "workerinput"):  # the controlling process: forget an earlier run's figures
-        import shutil
-
         shutil.rmtree(FIGURES_DIR, ignore_errors=True)
 
 
 def pytest_terminal_summary(terminalreporter):
-    import json
-
     found: dict[str, dict] = {}
     for path in sorted(FIGURES_DIR.glob("*.json")):
         found.update(json.loads(path.read_text()))

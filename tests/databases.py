@@ -12,14 +12,13 @@ import contextlib
 import glob
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from tests.servers import free_port
+from tests.servers import free_port, stop_group
 
 MARIADB_INSTALL = "apt-get install -y mariadb-server"
 POSTGRES_INSTALL = "apt-get install -y postgresql"
@@ -50,19 +49,6 @@ def _wait(check, process: subprocess.Popen, log: Path, what: str, timeout: float
         time.sleep(0.2)
 
 
-def _stop(process: subprocess.Popen) -> None:
-    """Stop the server we started (its own process group: runuser forwards nothing reliably)."""
-    if process.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-
-
 @contextlib.contextmanager
 def mariadb() -> Iterator[str]:
     """A MariaDB server of our own; yields a SQLAlchemy URL (PyMySQL) for a database and user made for the tests."""
@@ -91,6 +77,7 @@ def mariadb() -> Iterator[str]:
         timeout=180,
     )
     if setup.returncode != 0:
+        shutil.rmtree(root, ignore_errors=True)
         raise Unavailable(f"mariadb-install-db failed: {(setup.stderr or setup.stdout)[-1500:]}")
     port = free_port()
     with log.open("w") as out:
@@ -131,7 +118,7 @@ def mariadb() -> Iterator[str]:
             raise Unavailable(f"cannot create the test database: {made.stderr[-800:]}")
         yield f"mysql+pymysql://penguins:penguins-pw@127.0.0.1:{port}/penguins"
     finally:
-        _stop(process)
+        stop_group(process, timeout=30)
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -196,5 +183,5 @@ def postgres() -> Iterator[str]:
         time.sleep(0.5)
         yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
     finally:
-        _stop(process)
+        stop_group(process, timeout=30)
         shutil.rmtree(root, ignore_errors=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -56,13 +57,20 @@ def running(
             time.sleep(0.3)
         yield process
     finally:
-        with contextlib.suppress(ProcessLookupError):  # a test may have killed it already
-            os.killpg(process.pid, 15)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, 9)
-            process.wait()
+        stop_group(process, timeout=20)
+
+
+def stop_group(process: subprocess.Popen, timeout: float) -> None:
+    """Stop a process started with its own session and everything in its group: SIGTERM, then SIGKILL after
+    `timeout`. The whole group, even when the leader is gone (a test may have killed it): its children may not be."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 class Server(str):

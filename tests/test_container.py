@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from penguins.contract import EXAMPLE_PENGUIN
-from penguins.store import endpoint_name
+from penguins.store import endpoint_name, model_name
 from penguins.training import ALGORITHMS
 from penguins.ui import STATIC
 from tests.compose import COMPOSE, WHY_NOT, Stack
@@ -52,11 +52,6 @@ def logged(stack: Stack) -> list[dict]:
     return [json.loads(line) for line in text.splitlines()]
 
 
-def served_tags(stack: Stack) -> dict[str, str]:
-    with stack.client(server_ready_timeout=0) as client:
-        return {m["algorithm"]: m["tag"] for m in client.models()["models"]}
-
-
 def test_the_api_starts_on_an_empty_store_and_reports_not_ready(stack):
     stack.compose("up", "-d", "api")
     stack.wait_for("/livez", 120)
@@ -83,11 +78,11 @@ def test_up_on_an_empty_volume_ends_serving_every_model(stack):
         for algorithm in ALGORITHMS:
             [answer] = getattr(client, endpoint_name(algorithm))(penguins=[EXAMPLE_PENGUIN])
             assert answer["species"] == "Gentoo", algorithm
-            assert answer["model"].startswith(f"penguins-{algorithm}:")
+            assert answer["model"].startswith(f"{model_name(algorithm)}:")
         assert {p["species"] for p in client.classify(penguins=[EXAMPLE_PENGUIN])} == {"Gentoo"}
         explained = client.explain(penguin=EXAMPLE_PENGUIN, model="knn", k=3)
         assert explained["prediction"]["species"] == "Gentoo" and len(explained["neighbours"]) == 3
-    assert sorted(served_tags(stack)) == sorted(ALGORITHMS)
+    assert sorted(stack.served_tags()) == sorted(ALGORITHMS)
     assert stack.health("api") == "healthy"  # the compose healthcheck passes once models are served
 
 
@@ -120,7 +115,7 @@ def test_containers_share_the_store_as_one_user_without_world_access(stack):
     for service in ("api", "jupyter"):
         assert stack.exec(service, "id", "-u").strip() == "1034"
         assert stack.exec(service, "id", "-g").strip() == "1034"
-    tag = served_tags(stack)["random-forest"]
+    tag = stack.served_tags()["random-forest"]
     name, version = tag.split(":")
     for service in ("api", "jupyter"):
         listing = stack.exec(service, "stat", "-c", "%u:%g %a", STORE, f"{STORE}/{name}/{version}", LOGS)
@@ -131,10 +126,10 @@ def test_containers_share_the_store_as_one_user_without_world_access(stack):
 
 
 def test_training_in_jupyter_then_reload_serves_the_new_version(stack):
-    before = served_tags(stack)
+    before = stack.served_tags()
     # The default seed: the new version scores what the served one does, so the promotion gate promotes it.
     stack.exec("jupyter", "python", "train.py", "--models", "random-forest")
-    assert served_tags(stack) == before, "nothing changes before reload"
+    assert stack.served_tags() == before, "nothing changes before reload"
 
     assert httpx.post(f"{stack.url}/reload", timeout=30).status_code == 401  # the admin token is required
     with stack.client(token=stack.admin_token) as client:
@@ -147,7 +142,7 @@ def test_training_in_jupyter_then_reload_serves_the_new_version(stack):
 
 
 def test_the_training_notebook_runs_in_jupyter_and_reloads_the_api(stack):
-    before = served_tags(stack)
+    before = stack.served_tags()
     stack.exec(
         "jupyter",
         "env",
@@ -162,19 +157,19 @@ def test_the_training_notebook_runs_in_jupyter_and_reloads_the_api(stack):
         "notebooks/02-train.ipynb",
         timeout=900,
     )
-    after = served_tags(stack)  # the notebook called reload itself, with the token from its environment
+    after = stack.served_tags()  # the notebook called reload itself, with the token from its environment
     assert after["knn"] != before["knn"]
     assert {a: t for a, t in after.items() if a != "knn"} == {a: t for a, t in before.items() if a != "knn"}
 
 
 def test_models_and_logs_persist_across_down_and_up(stack):
-    before = served_tags(stack)
+    before = stack.served_tags()
     logged_before = logged(stack)
     assert logged_before, "predictions were logged before down"
     stack.deploy("down")
     assert stack.compose("ps", "-q").stdout.strip() == ""
     stack.deploy("up", "--no-build")
-    assert served_tags(stack) == before
+    assert stack.served_tags() == before
     assert "nothing to train" in stack.compose("logs", "trainer").stdout
     assert logged(stack) == logged_before, "the prediction log survived down/up"
     with stack.client() as client:

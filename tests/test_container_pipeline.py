@@ -101,11 +101,6 @@ def stack(tmp_path_factory) -> Iterator[PipelineStack]:
         stack.remove()
 
 
-def served_tags(stack: PipelineStack) -> dict[str, str]:
-    with stack.client(server_ready_timeout=0) as client:
-        return {m["algorithm"]: m["tag"] for m in client.models()["models"]}
-
-
 def test_the_profile_starts_every_service_healthy(stack):
     assert set(stack.compose("ps", "--services").stdout.split()) >= {"api", "trainer", "jupyter", "mariadb", "airflow"}
     stack.wait_ready()  # the trainer filled the empty store and reloaded the API
@@ -161,7 +156,7 @@ def test_the_ui_logs_in_lists_the_dag_and_triggers_a_run_the_api_then_serves(sta
     if reason := browser.missing():
         pytest.skip(reason)
     stack.wait_ready()
-    before = served_tags(stack)
+    before = stack.served_tags()
     with browser.chromium() as chromium:
         page = chromium.new_page(viewport={"width": 1300, "height": 900})
         page.set_default_timeout(60_000)
@@ -192,14 +187,14 @@ def test_the_ui_logs_in_lists_the_dag_and_triggers_a_run_the_api_then_serves(sta
         page.screenshot(path=str(browser.ARTIFACTS / "airflow-run.png"), full_page=True)
 
     assert stack.airflow_api("GET", f"/dags/{DAG}/dagRuns/{quote(run_id)}").json()["conf"]["models"] == ["knn"]
-    after = served_tags(stack)
+    after = stack.served_tags()
     assert after["knn"] != before["knn"]  # the version this run trained is served
     assert {a: t for a, t in after.items() if a != "knn"} == {a: t for a, t in before.items() if a != "knn"}
 
 
 def test_a_dag_run_trains_from_mariadb_and_the_api_serves_its_versions(stack):
     stack.wait_ready()
-    before = served_tags(stack)
+    before = stack.served_tags()
     assert sorted(before) == sorted(ALGORITHMS)
 
     trigger = {"logical_date": None, "conf": {"models": RETRAINED}}
@@ -229,7 +224,7 @@ def test_a_dag_run_trains_from_mariadb_and_the_api_serves_its_versions(stack):
     reloaded = stack.xcom(run_id, "reload")  # the API's answer to the reload task: it loaded what the DAG saved
     assert reloaded["failed"] == [], reloaded["failed"]
     assert sorted(u["to"] for u in reloaded["updated"]) == sorted(promoted.values())
-    after = served_tags(stack)
+    after = stack.served_tags()
     for algorithm in ALGORITHMS:
         if algorithm in RETRAINED:
             assert after[algorithm] == promoted[model_name(algorithm)] != before[algorithm]
