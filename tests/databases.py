@@ -49,6 +49,14 @@ def _wait(check, process: subprocess.Popen, log: Path, what: str, timeout: float
         time.sleep(0.2)
 
 
+def _initialise(what: str, command: list[str], root: Path) -> None:
+    """Create a server's data folder under `root` (mariadb-install-db, initdb); on failure remove `root` and say why."""
+    setup = subprocess.run(command, capture_output=True, text=True, timeout=180)
+    if setup.returncode != 0:
+        shutil.rmtree(root, ignore_errors=True)
+        raise Unavailable(f"{what} failed: {(setup.stderr or setup.stdout)[-1500:]}")
+
+
 @contextlib.contextmanager
 def mariadb() -> Iterator[str]:
     """A MariaDB server of our own; yields a SQLAlchemy URL (PyMySQL) for a database and user made for the tests."""
@@ -63,7 +71,8 @@ def mariadb() -> Iterator[str]:
     root = Path(tempfile.mkdtemp(prefix="penguins-mariadb-"))
     data, socket, log = root / "data", root / "mysqld.sock", root / "server.log"
     as_root = ["--user=root"] if os.geteuid() == 0 else []
-    setup = subprocess.run(
+    _initialise(
+        "mariadb-install-db",
         [
             install_db,
             "--no-defaults",
@@ -72,13 +81,8 @@ def mariadb() -> Iterator[str]:
             "--skip-test-db",
             *as_root,
         ],
-        capture_output=True,
-        text=True,
-        timeout=180,
+        root,
     )
-    if setup.returncode != 0:
-        shutil.rmtree(root, ignore_errors=True)
-        raise Unavailable(f"mariadb-install-db failed: {(setup.stderr or setup.stdout)[-1500:]}")
     port = free_port()
     with log.open("w") as out:
         process = subprocess.Popen(
@@ -143,15 +147,7 @@ def postgres() -> Iterator[str]:
             raise Unavailable(f"no 'postgres' user to run the server as ({error})") from error
         run_as = ["runuser", "-u", "postgres", "--"]
     data, log = root / "data", root / "server.log"
-    setup = subprocess.run(
-        [*run_as, initdb, "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"],
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    if setup.returncode != 0:
-        shutil.rmtree(root, ignore_errors=True)
-        raise Unavailable(f"initdb failed: {(setup.stderr or setup.stdout)[-1500:]}")
+    _initialise("initdb", [*run_as, initdb, "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"], root)
     port = free_port()
     log.touch()
     if run_as:
