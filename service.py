@@ -13,7 +13,7 @@ import bentoml
 from pydantic import Field
 from starlette.responses import Response
 
-from penguins import ui
+from penguins import ui, workarounds
 from penguins.contract import Penguin
 from penguins.explain import DEFAULT_NEIGHBOURS, MAX_NEIGHBOURS, Explanation, TrainingMap
 from penguins.serving import (
@@ -50,6 +50,7 @@ def _json(status: int, body: bytes | str) -> Response:
 
 class PenguinClassifier:
     def __init__(self) -> None:
+        workarounds.apply(settings.max_batch_wait_ms)
         self.registry = get_registry()
         self.registry.sync()
 

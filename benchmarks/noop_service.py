@@ -2,6 +2,7 @@
 
 import bentoml
 
+from penguins import workarounds
 from penguins.contract import Prediction
 from penguins.serving import Penguins, Predictions
 from penguins.settings import get_settings
@@ -12,6 +13,9 @@ ANSWER = Prediction(species="Adelie", probabilities={"Adelie": 1.0, "Chinstrap":
 
 @bentoml.service(name="noop", workers=settings.workers, threads=settings.threads, traffic={"timeout": 60})
 class Noop:
+    def __init__(self) -> None:
+        workarounds.apply(settings.max_batch_wait_ms)
+
     @bentoml.api(
         batchable=settings.batching, max_batch_size=settings.max_batch_size, max_latency_ms=settings.max_latency_ms
     )

@@ -22,6 +22,9 @@ class Settings(BaseSettings):
     # Not the batching wait (BentoML adapts that itself) but its load-shedding bound: BentoML 1.4 cancels a queued
     # request whose expected latency passes it. At 20 ms it dropped requests at concurrency 8 on this machine.
     max_latency_ms: int = Field(default=10_000, ge=1)
+    # The longest a queued request waits for company before its batch goes. BentoML 1.4 learns this wait from past
+    # batches and, after heavy load, can settle on ~15 ms for a lone client; we cap what it learns.
+    max_batch_wait_ms: float = Field(default=1.0, ge=0)
     compiled: bool = Field(default=True, description="Serve the ONNX form of a model when it was saved with one")
     admin_token: SecretStr | None = Field(default=None, description="Bearer token required by reload")
     cors_origins: list[str] = Field(default_factory=list)

@@ -1,0 +1,79 @@
+"""Fixes for BentoML 1.4.39's serving internals, applied in each worker (`apply`), never at import.
+
+Each patches one method of a BentoML class, so it reaches the instances BentoML has already built; each is
+idempotent. Re-check them when upgrading BentoML.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from functools import wraps
+from typing import Any
+
+
+def apply(max_batch_wait_ms: float) -> None:
+    bound_batch_wait(max_batch_wait_ms)
+    release_request_timers()
+
+
+def bound_batch_wait(max_wait_ms: float) -> None:
+    """Cap the wait BentoML's adaptive batching learns.
+
+    The CorkDispatcher holds a queued request while `0.95 × wait` exceeds its age plus a 1 ms tick, where `wait` is
+    the mean queueing time of its last 50 batches. A lone request's measured wait is that held time plus the tick's
+    overshoot, so after heavy load `wait` does not decay to zero but settles near 15 ms: a lone client then waits
+    that long on every request, for nothing.
+    """
+    from bentoml._internal.marshal.dispatcher import Optimizer
+
+    learn = getattr(Optimizer.trigger_refresh, "__wrapped__", Optimizer.trigger_refresh)
+
+    @wraps(learn)
+    def trigger_refresh(self: Optimizer) -> None:
+        learn(self)
+        self.wait = min(self.wait, max_wait_ms / 1000)
+
+    Optimizer.trigger_refresh = trigger_refresh
+
+
+def release_request_timers() -> None:
+    """Cancel the timeout timer of each request when it is answered.
+
+    BentoML's TimeoutMiddleware schedules `call_later(timeout)` per request and never cancels it, so every request's
+    context (its tracing span, futures, ...) stays alive for the whole traffic timeout: at 500 req/s and 60 s that
+    is ~30,000 requests' objects, and the garbage collector's full passes over them paused the worker for 100-400 ms.
+    Same behaviour otherwise: a 504 when no response has started within the timeout.
+    """
+    from bentoml._internal.server.http.traffic import TimeoutMiddleware
+
+    if getattr(TimeoutMiddleware.__call__, "releases_timer", False):
+        return
+
+    async def __call__(self: TimeoutMiddleware, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            return await self.app(scope, receive, send)
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
+        timer = loop.call_later(self.timeout, self._set_timer_out, waiter)
+
+        async def _send(message: dict[str, Any]) -> None:
+            if not waiter.done():
+                waiter.set_result(None)
+            await send(message)
+
+        answer = asyncio.ensure_future(self.app(scope, receive, _send))
+        try:
+            await waiter
+        except TimeoutError:
+            if answer.cancel():
+                from starlette.responses import JSONResponse
+
+                body = {"error": f"Not able to process the request in {self.timeout} seconds"}
+                await JSONResponse(body, status_code=504)(scope, receive, send)
+        else:
+            await answer
+        finally:
+            timer.cancel()
+
+    __call__.releases_timer = True  # type: ignore[attr-defined]
+    TimeoutMiddleware.__call__ = __call__
