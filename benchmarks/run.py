@@ -37,11 +37,13 @@ from penguins.store import endpoint_name, model_name  # noqa: E402
 from tests.servers import free_port, run_train, running, serve  # noqa: E402
 
 MODELS = ("random-forest", "logistic-regression")
-CONCURRENCY = (1, 8, 32, 64)
+# (connections, after_load): the lone client is measured again last, after the heaviest load, because that is when
+# an adaptive batcher that over-learns its wait would hold it.
+LOAD_POINTS = ((1, False), (8, False), (32, False), (64, False), (1, True))
 BULK_ROWS = 10_000
 
 
-def wrk(url: str, body: dict, connections: int, seconds: float) -> dict:
+def wrk(url: str, body: dict, connections: int, seconds: float, after_load: bool = False) -> dict:
     command = [
         "wrk",
         "-t1",
@@ -65,6 +67,7 @@ def wrk(url: str, body: dict, connections: int, seconds: float) -> dict:
     stats = json.loads(out.strip().splitlines()[-1])
     return {
         "concurrency": connections,
+        "after_load": after_load,
         # Failed requests are counted apart, never as throughput.
         "rps": (stats["requests"] - stats["errors"]) / (stats["duration_us"] / 1e6),
         "p50_ms": stats["p50_us"] / 1e3,
@@ -193,15 +196,16 @@ def main() -> int:
                 wrk(url, body, 8, 1)  # warm-up: first requests pay imports, batching calibration
                 settle()
             curves: dict = {key: [] for key in targets}
-            for connections in CONCURRENCY:
-                print(f"load at concurrency {connections} ...", file=sys.stderr)
+            for connections, after_load in LOAD_POINTS:
+                print(f"load at concurrency {connections}{' after load' * after_load} ...", file=sys.stderr)
                 measured: dict = {key: [] for key in targets}
                 for _ in range(rounds):
                     for key, (url, body) in targets.items():
-                        measured[key].append(wrk(url, body, connections, seconds))
+                        measured[key].append(wrk(url, body, connections, seconds, after_load))
                         settle()
-                for key, points in measured.items():  # each server's median round by throughput
-                    curves[key].append(sorted(points, key=lambda p: p["rps"])[len(points) // 2])
+                for key, points in measured.items():  # each server's median round by throughput, and every round
+                    median = sorted(points, key=lambda p: p["rps"])[len(points) // 2]
+                    curves[key].append({**median, "rounds": [{k: p[k] for k in ("rps", "p99_ms")} for p in points]})
             results["ceiling"] = curves["ceiling", None]
             results["ours"] = {m: curves["ours", m] for m in MODELS}
             results["baseline"] = {m: curves["baseline", m] for m in MODELS}
@@ -217,31 +221,38 @@ def main() -> int:
 
 
 def ratios(results: dict) -> dict:
+    """Each ratio is the median over rounds of the ratio within a round (figures taken seconds apart), so a machine
+    that speeds up or slows down between rounds does not move it."""
     out: dict = {}
-    ceiling = {p["concurrency"]: p for p in results["ceiling"]}
-    for model, curve in results["ours"].items():
-        base = {p["concurrency"]: p for p in results["baseline"][model]}
+    for model, curve in results["ours"].items():  # every curve has the same load points, in the same order
         out[model] = [
             {
                 "concurrency": p["concurrency"],
-                "ours_over_baseline_rps": _ratio(p["rps"], base[p["concurrency"]]["rps"]),
-                "ours_over_ceiling_rps": _ratio(p["rps"], ceiling[p["concurrency"]]["rps"]),
-                "ours_over_ceiling_p99": _ratio(p["p99_ms"], ceiling[p["concurrency"]]["p99_ms"]),
+                "after_load": p["after_load"],
+                "ours_over_baseline_rps": _paired(p, base, "rps"),
+                "ours_over_ceiling_rps": _paired(p, ceiling, "rps"),
+                "ours_over_ceiling_p99": _paired(p, ceiling, "p99_ms"),
             }
-            for p in curve
+            for p, base, ceiling in zip(curve, results["baseline"][model], results["ceiling"], strict=True)
         ]
     sklearn_rf = results["in_process"]["random-forest/sklearn"]["bulk_rows_per_s"]
     out["bulk_over_in_process_sklearn"] = results["bulk"]["rows_per_s"] / sklearn_rf
     return out
 
 
-def _ratio(a: float, b: float) -> float | None:
-    """None when the baseline answered nothing in the time given (too slow to measure at that load)."""
-    return a / b if b else None
+def _paired(ours: dict, other: dict, figure: str) -> float | None:
+    """The median of the per-round ratios; None when the other server answered nothing in a round (too slow to
+    measure at that load)."""
+    pairs = list(zip(ours["rounds"], other["rounds"], strict=True))
+    if not all(theirs[figure] for _, theirs in pairs):
+        return None
+    return statistics.median(mine[figure] / theirs[figure] for mine, theirs in pairs)
 
 
 def _fmt(value: float | None, spec: str) -> str:
-    return "n/a" if value is None else format(value, spec)
+    """`spec` is a format spec, optionally followed by a unit ("×")."""
+    spec, unit = (spec[:-1], spec[-1]) if spec.endswith("×") else (spec, "")
+    return "n/a" if value is None else format(value, spec) + unit
 
 
 def print_table(results: dict) -> None:
@@ -264,23 +275,22 @@ def print_table(results: dict) -> None:
     )
     for column in ("server", "conc.", "req/s", "p50 ms", "p99 ms", "errors", "÷ baseline", "÷ ceiling", "p99 ÷ ceil"):
         table.add_column(column, justify="right")
-    ratio = {(m, r["concurrency"]): r for m, rs in results["ratios"].items() if m in MODELS for r in rs}
-    rows = [("BentoML no-op ceiling", None, results["ceiling"])]
-    rows += [(f"ours: {m}", m, results["ours"][m]) for m in MODELS]
-    rows += [(f"baseline FastAPI: {m}", None, results["baseline"][m]) for m in MODELS]
-    for label, model, curve in rows:
-        for p in curve:
-            r = ratio.get((model, p["concurrency"]))
+    no_ratios = [None] * len(results["ceiling"])
+    rows = [("BentoML no-op ceiling", results["ceiling"], no_ratios)]
+    rows += [(f"ours: {m}", results["ours"][m], results["ratios"][m]) for m in MODELS]
+    rows += [(f"baseline FastAPI: {m}", results["baseline"][m], no_ratios) for m in MODELS]
+    for label, curve, curve_ratios in rows:
+        for p, r in zip(curve, curve_ratios, strict=True):
             table.add_row(
                 label,
-                str(p["concurrency"]),
+                f"{p['concurrency']}{' after load' * p['after_load']}",
                 f"{p['rps']:,.0f}",
                 f"{p['p50_ms']:.2f}",
                 f"{p['p99_ms']:.2f}",
                 str(p["errors"]),
-                _fmt(r["ours_over_baseline_rps"], ".1f") + "×" if r else "",
+                _fmt(r["ours_over_baseline_rps"], ".1f×") if r else "",
                 _fmt(r["ours_over_ceiling_rps"], ".0%") if r else "",
-                _fmt(r["ours_over_ceiling_p99"], ".2f") + "×" if r else "",
+                _fmt(r["ours_over_ceiling_p99"], ".2f×") if r else "",
             )
     console.print(table)
     b = results["bulk"]
