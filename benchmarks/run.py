@@ -1,11 +1,12 @@
 """One-command benchmark: in-process predictors, the BentoML no-op ceiling, our service, and the workshop-style
 baseline, all started here on loopback and measured in the same run, with ratios.
 
-    uv run python benchmarks/run.py            # full: 3 rounds of 5 s per load point (about 8 minutes)
+    uv run python benchmarks/run.py            # full: 3 rounds of 5 s per load point (about 10 minutes)
     uv run python benchmarks/run.py --quick    # short: 1 round of 1 s, about 2 minutes (CI runs it: it cannot rot)
 
 All servers run at once and the load points are interleaved (at each concurrency, round after round: the ceiling,
-ours, the baselines), so every ratio compares figures taken seconds apart on this noisy machine.
+ours, the baselines), and every ratio is the median of the ratios within a round: figures taken seconds apart on this
+noisy machine.
 
 Needs `wrk` (Debian package) as the load generator: a closed loop of N connections, in its own process.
 Prints a table and writes it as JSON (bench-results/benchmark.json by default).
