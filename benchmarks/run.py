@@ -44,7 +44,7 @@ LOAD_POINTS = ((1, False), (8, False), (32, False), (64, False), (1, True))
 BULK_ROWS = 10_000
 
 
-def wrk(url: str, body: dict, connections: int, seconds: float, after_load: bool = False) -> dict:
+def wrk(url: str, body: dict, connections: int, seconds: float) -> dict:
     command = [
         "wrk",
         "-t1",
@@ -68,7 +68,6 @@ def wrk(url: str, body: dict, connections: int, seconds: float, after_load: bool
     stats = json.loads(out.strip().splitlines()[-1])
     return {
         "concurrency": connections,
-        "after_load": after_load,
         # Failed requests are counted apart, never as throughput.
         "rps": (stats["requests"] - stats["errors"]) / (stats["duration_us"] / 1e6),
         "p50_ms": stats["p50_us"] / 1e3,
@@ -202,7 +201,8 @@ def main() -> int:
                 measured: dict = {key: [] for key in targets}
                 for _ in range(rounds):
                     for key, (url, body) in targets.items():
-                        measured[key].append(wrk(url, body, connections, seconds, after_load))
+                        point = wrk(url, body, connections, seconds)
+                        measured[key].append({**point, "after_load": after_load})
                         settle()
                 for key, points in measured.items():  # each server's median round by throughput, and every round
                     median = sorted(points, key=lambda p: p["rps"])[len(points) // 2]
@@ -250,9 +250,7 @@ def _paired(ours: dict, other: dict, figure: str) -> float | None:
     return statistics.median(mine[figure] / theirs[figure] for mine, theirs in pairs)
 
 
-def _fmt(value: float | None, spec: str) -> str:
-    """`spec` is a format spec, optionally followed by a unit ("×")."""
-    spec, unit = (spec[:-1], spec[-1]) if spec.endswith("×") else (spec, "")
+def _fmt(value: float | None, spec: str, unit: str = "") -> str:
     return "n/a" if value is None else format(value, spec) + unit
 
 
@@ -289,9 +287,9 @@ def print_table(results: dict) -> None:
                 f"{p['p50_ms']:.2f}",
                 f"{p['p99_ms']:.2f}",
                 str(p["errors"]),
-                _fmt(r["ours_over_baseline_rps"], ".1f×") if r else "",
+                _fmt(r["ours_over_baseline_rps"], ".1f", "×") if r else "",
                 _fmt(r["ours_over_ceiling_rps"], ".0%") if r else "",
-                _fmt(r["ours_over_ceiling_p99"], ".2f×") if r else "",
+                _fmt(r["ours_over_ceiling_p99"], ".2f", "×") if r else "",
             )
     console.print(table)
     b = results["bulk"]

@@ -19,7 +19,7 @@ class Settings(BaseSettings):
     batching: bool = Field(default=True, description="Adaptive batching on the per-model endpoints")
     # Penguins per batch: bulk requests to a per-model endpoint are split into chunks of this size.
     max_batch_size: int = Field(default=1000, ge=2)
-    # Not the batching wait (BentoML adapts that itself) but its load-shedding bound: BentoML 1.4 cancels a queued
+    # Not the batching wait (that is max_batch_wait_ms) but its load-shedding bound: BentoML 1.4 cancels a queued
     # request whose expected latency passes it. At 20 ms it dropped requests at concurrency 8 on this machine.
     max_latency_ms: int = Field(default=10_000, ge=1)
     # The longest a queued request waits for company before its batch goes. BentoML 1.4 learns this wait from past

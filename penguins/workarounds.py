@@ -12,6 +12,7 @@ from typing import Any
 
 
 def apply(max_batch_wait_ms: float) -> None:
+    """Every fix below, in this process."""
     bound_batch_wait(max_batch_wait_ms)
     release_request_timers()
 
