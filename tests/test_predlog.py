@@ -1,6 +1,7 @@
 """The prediction log: one parseable JSON line per answered prediction, written before the answer completes."""
 
 import json
+import os
 
 import pandas as pd
 import pytest
@@ -42,6 +43,24 @@ def test_rotation_keeps_a_bounded_number_of_whole_lines(tmp_path):
     lines = [json.loads(line) for f in files for line in f.read_text().splitlines()]
     assert all(line["model"] == "m:1" for line in lines)
     assert "r199" in {line["request_id"] for line in lines}
+
+
+def test_rotation_counts_what_an_earlier_worker_left_in_the_file(tmp_path):
+    earlier = PredictionLog(tmp_path, max_bytes=2000, backups=1, worker=3)
+    while earlier.path.stat().st_size < 1900:
+        earlier.write("before", "/classify", b"{}", b"[]", 0.001)
+    PredictionLog(tmp_path, max_bytes=2000, backups=1, worker=3).write("after", "/classify", b"{}", b"[]", 0.001)
+    live, backup = tmp_path / "predictions-w3.jsonl", tmp_path / "predictions-w3.jsonl.1"
+    assert [json.loads(line)["request_id"] for line in live.read_text().splitlines()] == ["after"]
+    assert backup.stat().st_size <= 2000
+
+
+def test_a_failing_write_is_reported_once_and_never_raises(tmp_path, caplog):
+    log = PredictionLog(tmp_path, max_bytes=10_000, backups=1, worker=2)
+    os.close(log._fd)  # as a full disk or a vanished volume would fail it
+    for i in range(3):
+        log.write(f"r{i}", "/classify", b"{}", b"[]", 0.001)
+    assert [r.levelname for r in caplog.records] == ["ERROR"] and "predictions-w2.jsonl" in caplog.text
 
 
 def test_a_hostile_request_id_cannot_break_a_line(tmp_path):
