@@ -53,6 +53,7 @@ class PenguinClassifier:
         workarounds.apply(settings.max_batch_wait_ms)
         self.registry = get_registry()
         self.registry.sync()
+        workarounds.freeze_heap()  # last: what was loaded above lives as long as the worker
 
     def __is_ready__(self) -> bool:
         return bool(self.registry.sync().models)

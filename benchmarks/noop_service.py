@@ -15,6 +15,7 @@ ANSWER = Prediction(species="Adelie", probabilities={"Adelie": 1.0, "Chinstrap":
 class Noop:
     def __init__(self) -> None:
         workarounds.apply(settings.max_batch_wait_ms)
+        workarounds.freeze_heap()
 
     @bentoml.api(
         batchable=settings.batching, max_batch_size=settings.max_batch_size, max_latency_ms=settings.max_latency_ms

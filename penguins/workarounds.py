@@ -1,12 +1,14 @@
-"""Fixes for BentoML 1.4.39's serving internals, applied in each worker (`apply`), never at import.
+"""Fixes for BentoML 1.4.39's serving internals (`apply`), and for CPython's garbage collector under server load
+(`freeze_heap`), run in each worker, never at import.
 
-Each patches one method of a BentoML class, so it reaches the instances BentoML has already built; each is
-idempotent. Re-check them when upgrading BentoML.
+Each BentoML fix patches one method of a BentoML class, so it reaches the instances BentoML has already built; each
+is idempotent. Re-check them when upgrading BentoML.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 from functools import wraps
 from typing import Any
 
@@ -78,3 +80,15 @@ def release_request_timers() -> None:
 
     __call__.releases_timer = True  # type: ignore[attr-defined]
     TimeoutMiddleware.__call__ = __call__
+
+
+def freeze_heap() -> None:
+    """Keep what the worker has loaded so far (libraries, models) out of every later garbage collection.
+
+    Under load, in-flight requests outlive CPython's young generations, so their objects pile up towards a full
+    collection every few seconds, and each walked the whole heap: ~220,000 start-up objects, ~250 ms a pass on this
+    machine, which made p99 at concurrency 32 ~300 ms. Frozen (gc.freeze), a full pass walks only what came since.
+    Loaded models hold no reference cycles, so the models a reload replaces are still freed (a test checks it).
+    """
+    gc.collect()
+    gc.freeze()

@@ -1,4 +1,5 @@
-"""The fixes to BentoML 1.4.39's serving internals (penguins/workarounds.py), on BentoML's own classes."""
+"""The fixes to BentoML 1.4.39's serving internals (penguins/workarounds.py), on BentoML's own classes, and the frozen
+start-up heap."""
 
 import asyncio
 import contextvars
@@ -24,6 +25,19 @@ def test_the_service_applies_them_when_it_starts(client):
     # First in this file: the tests below apply them themselves.
     assert hasattr(Optimizer.trigger_refresh, "__wrapped__")
     assert getattr(TimeoutMiddleware.__call__, "releases_timer", False)
+    assert gc.get_freeze_count() > 50_000  # the libraries and models it loaded: out of every later collection
+
+
+def test_a_model_replaced_after_the_heap_froze_is_still_freed(store_dir):
+    """Frozen objects are never collected, so a reload could free only models without reference cycles: ours."""
+    from penguins.store import load, scan
+
+    workarounds.freeze_heap()
+    for stored in scan(store_dir)[0]:
+        for compiled in (True, False):
+            model = weakref.ref(load(stored, compiled))  # dropped at once, as a reload drops the model it replaces
+            workarounds.freeze_heap()
+            assert model() is None, f"{stored.name} (compiled={compiled}) holds a reference cycle"
 
 
 def test_batching_never_learns_to_hold_a_request_longer_than_the_configured_wait():
