@@ -1,7 +1,7 @@
 """One-command benchmark: in-process predictors, the BentoML no-op ceiling, our service, and the workshop-style
 baseline, all started here on loopback and measured in the same run, with ratios.
 
-    uv run python benchmarks/run.py            # full: 3 rounds of 5 s per load point (about 10 minutes)
+    uv run python benchmarks/run.py            # full: 5 rounds of 5 s per load point (about 15 minutes)
     uv run python benchmarks/run.py --quick    # short: 1 round of 1 s, about 2 minutes (CI runs it: it cannot rot)
 
 All servers run at once and the load points are interleaved (at each concurrency, round after round: the ceiling,
@@ -158,13 +158,13 @@ def baseline(home: Path, model: str, logs: Path) -> Iterator[str]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
-        "--quick", action="store_true", help="1 round of 1 s per load point instead of 3 of 5 s (figures are rough)"
+        "--quick", action="store_true", help="1 round of 1 s per load point instead of 5 of 5 s (figures are rough)"
     )
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results" / "benchmark.json")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("benchmarks need wrk: apt-get install wrk")
-    seconds, rounds = (1, 1) if args.quick else (5, 3)
+    seconds, rounds = (1, 1) if args.quick else (5, 5)
     single = {"penguins": [EXAMPLE_PENGUIN]}
     results: dict = {
         "mode": "quick" if args.quick else "full",
