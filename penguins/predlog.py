@@ -24,9 +24,8 @@ class PredictionLog:
     """One worker's log file, appended to and rotated like `logging`'s RotatingFileHandler names its files.
 
     Not through `logging` itself: its record, caller lookup, double format and two stats per line cost ~40 µs of
-    the event loop per request (~5% of throughput at concurrency 32); one O_APPEND write(2) costs ~2 µs and is in
-    the page cache, safe from a crash of the process, before the answer's last byte goes out. Written from the
-    worker's event loop only.
+    the event loop per request; one O_APPEND write(2) costs ~2 µs and is in the page cache, safe from a crash of the
+    process, before the answer's last byte goes out. Written from the worker's event loop only.
     """
 
     def __init__(self, directory: Path, max_bytes: int, backups: int, worker: int | str | None = None):
