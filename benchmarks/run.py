@@ -1,7 +1,7 @@
 """One-command benchmark: in-process predictors, the BentoML no-op ceiling, our service, and the workshop-style
 baseline, all started here on loopback and measured in the same run, with ratios.
 
-    uv run python benchmarks/run.py            # full: 5 rounds of 5 s per load point (about 15 minutes)
+    uv run python benchmarks/run.py            # full: 5 rounds of 5 s per load point (about 13 minutes)
     uv run python benchmarks/run.py --quick    # short: 1 round of 1 s, about 2 minutes (CI runs it: it cannot rot)
 
 All servers run at once and the load points are interleaved (at each concurrency, round after round: the ceiling,
