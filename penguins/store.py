@@ -42,6 +42,24 @@ def endpoint_name(algorithm: str) -> str:
     return "classify_" + re.sub(r"\W", "_", algorithm)
 
 
+# The service's own API names: a model's endpoint may not take one of them.
+RESERVED = ("classify", "explain", "training_map", "models", "reload")
+MAX_NAME_LENGTH = 40
+_NAME = re.compile(r"[a-z][a-z0-9]*(-[a-z0-9]+)*")
+
+
+def check_model_name(name: str) -> str:
+    """The one rule for a servable name (the part after `penguins-`); returns it, or raises ValueError saying why."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or len(name) > MAX_NAME_LENGTH:
+        raise ValueError(
+            f"invalid model name {name!r}: use lowercase letters and digits in words joined by single hyphens, "
+            f"starting with a letter, at most {MAX_NAME_LENGTH} characters (e.g. extra-trees)"
+        )
+    if endpoint_name(name) in RESERVED:
+        raise ValueError(f"invalid model name {name!r}: its endpoint would take the service's own {name!r} route")
+    return name
+
+
 def default_store_dir() -> Path:
     """BentoML's own model store: $BENTOML_HOME/models."""
     from bentoml._internal.configuration.containers import BentoMLContainer
