@@ -336,7 +336,7 @@ def train(
             trained.compiled = {"format": "onnx", **check_compiled(pipeline, trained.onnx, frame)}
         except Exception as error:  # any conversion failure: the sklearn pipeline serves instead
             trained.onnx = None
-            trained.compiled = {"format": "none", "reason": f"{type(error).__name__}: {error}"}
+            trained.compiled = {"format": "none", "reason": _one_line(error)}
     return trained
 
 

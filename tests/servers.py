@@ -23,15 +23,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_train(home: Path, *args: str) -> subprocess.CompletedProcess:
-    """The real CLI, in its own process, into the store under `home`."""
+def run_train(home: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """The real CLI, in its own process, into the store under `home` (`check`: raise unless it exits 0)."""
     return subprocess.run(
         [sys.executable, str(ROOT / "train.py"), "--store", str(home), *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=300,
-        check=True,
+        check=check,
     )
 
 
