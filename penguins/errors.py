@@ -45,9 +45,7 @@ class UnknownModel(ServingError):
     status = 404
 
     def __init__(self, requested: str, served: list[str], served_tags: list[str]):
-        super().__init__(
-            f"model {requested!r} is not served", field="model", allowed=served, served_tags=served_tags
-        )
+        super().__init__(f"model {requested!r} is not served", field="model", allowed=served, served_tags=served_tags)
 
 
 class NotExplainable(ServingError):

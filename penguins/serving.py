@@ -40,6 +40,7 @@ ModelName = Annotated[
     ),
 ]
 
+
 @cache
 def get_registry() -> Registry:
     """The worker's one registry, made on first use (never at import)."""
