@@ -209,10 +209,11 @@ class Gateway:
         token = self.settings.admin_token
         self.token = token.get_secret_value().encode() if token else None
         self._log: PredictionLog | None = None
+        self._log_wanted = self.settings.log_predictions  # off for good once the log cannot be written
 
     def prediction_log(self) -> PredictionLog | None:
         # Made on first use, in the worker (the worker index is known only there), never at import.
-        if self._log is None and self.settings.log_predictions:
+        if self._log is None and self._log_wanted:
             directory = self.settings.log_dir or default_store_dir().parent / "prediction-logs"
             try:
                 self._log = PredictionLog(
@@ -220,7 +221,7 @@ class Gateway:
                 )
             except OSError as error:  # an unwritable log must not turn answers into 500s: say so once, serve on
                 logger.error("prediction log disabled: cannot write to %s (%s)", directory, error)
-                self.settings = self.settings.model_copy(update={"log_predictions": False})
+                self._log_wanted = False
         return self._log
 
     async def __call__(self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
