@@ -448,3 +448,37 @@ def test_the_package_offers_train_and_save_without_importing_it_up_front():
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert Saved.__dataclass_params__.frozen
+
+
+# --- the README's section runs as written ----------------------------------------------------------------------------
+
+
+def _readme_blocks(language: str) -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Add your own classifier\n", 1)[1].split("\n## ", 1)[0]
+    return [block.split("\n```", 1)[0] for block in section.split(f"```{language}\n")[1:]]
+
+
+def test_the_readme_commands_name_estimators_that_build():
+    """Each `train.py` line of the section parses and its estimator builds (the CLI tests above train them)."""
+    import shlex
+
+    (bash,) = _readme_blocks("bash")
+    commands = [shlex.split(line, comments=True) for line in bash.replace("\\\n", " ").splitlines()]
+    trains = [c for c in commands if c[:3] == ["uv", "run", "python"] and c[3] == "train.py"]
+    assert len(trains) == 2
+    for command in trains:
+        parser, args = train_cli.parse_args(command[4:])
+        for name, estimator in train_cli.estimators(parser, args):
+            assert check_model_name(name) and estimator(0).__class__.__name__.endswith("Classifier")
+
+
+def test_the_readme_python_runs_as_written(tmp_path):
+    (python,) = _readme_blocks("python")
+    env = {**os.environ, "BENTOML_HOME": str(tmp_path), "BENTOML_DO_NOT_TRACK": "true"}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    command = [sys.executable, "-c", python]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.startswith("Saved(tag='penguins-extra-trees:") and "status='promoted'" in done.stdout
+    assert [m.name for m in scan(tmp_path / "models")[0]] == ["penguins-extra-trees"]
