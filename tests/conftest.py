@@ -159,7 +159,9 @@ def postgres_server():
     yield from _database(postgres)
 
 
-@pytest.fixture(params=["sqlite", "mariadb", "postgresql"])
+@pytest.fixture(
+    params=["sqlite", pytest.param("mariadb", marks=pytest.mark.db), pytest.param("postgresql", marks=pytest.mark.db)]
+)
 def db_url(request, tmp_path):
     """A database with none of this project's tables: a SQLite file, or the session's MariaDB or PostgreSQL."""
     if request.param == "sqlite":
@@ -174,3 +176,16 @@ def db_url(request, tmp_path):
     metadata.drop_all(engine)
     engine.dispose()
     yield url
+
+
+# Every test runs in one tier, named by a marker (pyproject.toml lists them). Tests that start nothing are `unit`,
+# those on the service's ASGI app in this process `inprocess`: together the inner loop (`pytest -m "unit or
+# inprocess"`). The others say their tier themselves (a real server, a browser, containers, databases, ...).
+IN_PROCESS_FIXTURES = {"client", "svc"}
+
+
+def pytest_collection_modifyitems(config, items):
+    tiers = {line.split(":")[0].strip() for line in config.getini("markers")}
+    for item in items:
+        if not {m.name for m in item.iter_markers()} & tiers:
+            item.add_marker("inprocess" if IN_PROCESS_FIXTURES & set(item.fixturenames) else "unit")

@@ -61,11 +61,13 @@ def test_spell_no_contract_names(name):
     assert "from penguins" in source
 
 
+@pytest.mark.notebooks
 def test_explore_runs_headless(tmp_path):
     notebook = execute("01-explore.ipynb", tmp_path)
     assert outputs_text(notebook).count("image/png") >= 3
 
 
+@pytest.mark.notebooks
 def test_train_runs_headless_into_a_scratch_store(tmp_path):
     """Every built-in and the notebook's own classifier (extra-trees) saved through the promotion gate."""
     from bentoml._internal.models.model import Model

@@ -3,8 +3,11 @@ client method, a removed one loses them, and no request fails meanwhile (real `b
 
 from __future__ import annotations
 
+import os
 import shutil
 import statistics
+import subprocess
+import sys
 import threading
 import time
 
@@ -42,17 +45,14 @@ def _client_loop(url: str, stop: threading.Event, latencies: list, errors: list)
                 errors.append(f"{path}: {response.status_code} {response.text[:200]}")
 
 
-def _save_extra_trees(home) -> None:
-    # Until train.py --estimator lands: a model under a new name, saved from another process.
-    import os
-    import subprocess
-    import sys
-
+def _save_without_the_gate(home) -> None:
+    """As BentoML's tutorials teach: no labels, no gate. It must be reported, never served or ignored silently."""
     code = (
-        "from penguins.data import load_penguins\nfrom penguins.training import save, train\n"
-        "t = train('logistic-regression', load_penguins()); t.algorithm = 'extra-trees'; print(save(t))\n"
-        # As BentoML's tutorials teach: no labels, no gate. It must be reported, never served or ignored silently.
-        "import bentoml\nbentoml.sklearn.save_model('penguins-decision-tree', t.pipeline)"
+        "import bentoml\nfrom sklearn.tree import DecisionTreeClassifier\nfrom penguins.data import load_penguins\n"
+        "from penguins.training import build_pipeline\nfrom penguins.contract import FEATURES, TARGET\n"
+        "f = load_penguins()\n"
+        "pipe = build_pipeline(DecisionTreeClassifier()).fit(f[list(FEATURES)], f[TARGET])\n"
+        "bentoml.sklearn.save_model('penguins-decision-tree', pipe)"
     )
     subprocess.run([sys.executable, "-c", code], env={**os.environ, "BENTOML_HOME": str(home)}, check=True)
 
@@ -75,7 +75,8 @@ def test_a_new_model_gets_its_route_and_a_removed_one_loses_it_with_no_request_f
         try:
             time.sleep(2)
             before = len(latencies)
-            _save_extra_trees(home)
+            run_train(home, "--estimator", "sklearn.ensemble.ExtraTreesClassifier", "--name", "extra-trees")
+            _save_without_the_gate(home)
             shutil.rmtree(home / "models" / model_name("knn"))
             during_from = len(latencies)
             reloaded = time.perf_counter()

@@ -44,6 +44,7 @@ LOAD = textwrap.dedent(
 )
 
 
+@pytest.mark.cli
 def test_a_model_saved_where_dill_is_imported_loads_without_dill(tmp_path):
     pytest.importorskip("dill", reason="dill comes with the airflow extra (uv sync --extra airflow)")
     env = {**os.environ, "BENTOML_HOME": str(tmp_path), "BENTOML_DO_NOT_TRACK": "true"}
