@@ -104,17 +104,6 @@ def test_train_and_save_refuses_what_cannot_be_served_and_saves_nothing(small_fr
     assert session_store() == before
 
 
-def test_a_name_whose_endpoint_is_one_of_the_services_own_is_refused(small_frame, monkeypatch):
-    # Today every endpoint of a model starts with classify_ and no API of the service does; the rule holds for any
-    # API the service adds under such a name.
-    monkeypatch.setattr(store, "RESERVED", (*store.RESERVED, "classify_batch"))
-    assert check_model_name("batches") == "batches"
-    with pytest.raises(ValueError, match="the service's own 'batch' route"):
-        check_model_name("batch")
-    with pytest.raises(EstimatorError, match="service's own"):
-        train_and_save(ExtraTreesClassifier(), "batch", frame=small_frame)
-
-
 @pytest.mark.parametrize(
     ("estimator", "message"),
     [
@@ -319,6 +308,7 @@ def test_the_cli_refuses_with_exit_status_2_and_one_line(case, capsys):
     assert session_store() == before
 
 
+@pytest.mark.cli
 @pytest.mark.parametrize("case", ["not importable", "fitting fails after a built-in trained"])
 def test_the_real_cli_process_refuses_the_same_way(tmp_path, case):
     argv, message = CLI_REFUSED[case]
@@ -357,6 +347,7 @@ def own_home(tmp_path_factory) -> Path:
     return home
 
 
+@pytest.mark.cli
 @pytest.mark.parametrize("name", OWN)
 def test_the_cli_saves_an_own_classifier_like_a_built_in(own_home, name):
     from bentoml._internal.models.model import Model
@@ -417,6 +408,7 @@ GATED = textwrap.dedent(
 )
 
 
+@pytest.mark.cli
 def test_train_and_save_goes_through_the_gate(tmp_path):
     """In its own interpreter with its own store, as a notebook kernel: a worse version of a served model is saved
     labelled rejected and the served version stays; gate=False promotes whatever it scores."""
@@ -443,6 +435,7 @@ def test_train_and_save_goes_through_the_gate(tmp_path):
     assert rejected.info.labels[STATUS_LABEL] == "rejected" and rejected.info.metadata["gate"]["status"] == "rejected"
 
 
+@pytest.mark.cli
 def test_the_package_offers_train_and_save_without_importing_it_up_front():
     code = "import sys, penguins; assert 'sklearn' not in sys.modules; from penguins import train_and_save; print(1)"
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -473,6 +466,7 @@ def test_the_readme_commands_name_estimators_that_build():
             assert check_model_name(name) and estimator(0).__class__.__name__.endswith("Classifier")
 
 
+@pytest.mark.cli
 def test_the_readme_python_runs_as_written(tmp_path):
     (python,) = _readme_blocks("python")
     env = {**os.environ, "BENTOML_HOME": str(tmp_path), "BENTOML_DO_NOT_TRACK": "true"}
