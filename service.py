@@ -6,6 +6,7 @@ A thin shell: the models, the store and the rules live in the `penguins` package
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated
 
 import bentoml
@@ -57,9 +58,16 @@ class PenguinClassifier:
 
     def __init__(self) -> None:
         workarounds.apply(settings.max_batch_wait_ms)
+        logging.getLogger("penguins").setLevel(logging.INFO)  # what it serves and why, in the server's log
         self.registry = get_registry()
         self.registry.sync()
+        # Without traffic too, each worker follows reloads signalled elsewhere (docs/replicas.md).
+        self.registry.start(settings.sync_interval_seconds)
         workarounds.freeze_heap()  # last: what was loaded above lives as long as the worker
+
+    @bentoml.on_shutdown
+    def stop_sync(self) -> None:
+        self.registry.stop()
 
     def __is_ready__(self) -> bool:
         return bool(self.registry.sync().models)
@@ -90,7 +98,7 @@ class PenguinClassifier:
     def models(self) -> ModelListing:
         """List the served models with their metrics and routes, the versions the gate rejected, the store entries
         that failed to load, and the penguin-named models that are not served (skipped) with the call that would."""
-        return listing(self.registry.sync())
+        return listing(self.registry.sync(), self.registry.status())
 
     @bentoml.api
     def reload(self) -> ReloadReport:
@@ -98,7 +106,7 @@ class PenguinClassifier:
         and the per-model routes added and removed (they answer from the next request on)."""
         before = self.registry.snapshot
         change = self.registry.reload()
-        return report(change, before, self.registry.snapshot)
+        return report(change, before, self.registry.snapshot, self.registry.status())
 
 
 PenguinClassifier.add_asgi_middleware(Gateway)

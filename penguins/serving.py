@@ -19,7 +19,20 @@ from penguins.errors import NoModelLoaded, ServingError, UnknownModel
 from penguins.predlog import PredictionLog, worker_index
 from penguins.routes import ModelRoutes
 from penguins.settings import Settings, get_settings
-from penguins.store import Change, Failure, LoadedModel, Registry, Skipped, Snapshot, default_store_dir, route_of
+from penguins.store import (
+    Change,
+    Failure,
+    LoadedModel,
+    Registry,
+    ReplicaStatus,
+    RepositoryStatus,
+    Signal,
+    Skipped,
+    Snapshot,
+    default_store_dir,
+    replica_name,
+    route_of,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +57,9 @@ ModelName = Annotated[
 @cache
 def get_registry() -> Registry:
     """The worker's one registry, made on first use (never at import)."""
-    return Registry(default_store_dir(), compiled=get_settings().compiled)
+    from penguins import repository
+
+    return Registry(default_store_dir(), compiled=get_settings().compiled, repository=repository.configured())
 
 
 class FailureInfo(BaseModel):
@@ -80,6 +95,38 @@ class SkippedInfo(BaseModel):
     fix: str = Field(description="The call that would serve it")
 
 
+class RepositoryInfo(BaseModel):
+    url: str = Field(description="PENGUINS_MODEL_REPOSITORY")
+    reachable: bool | None = Field(description="As this worker last saw it; null before it first asked")
+    unreachable_since: str | None
+    error: str | None
+    last_pull: str | None = Field(description="When this worker last fetched what the local store lacked")
+    incomplete: list[str] = Field(description="Versions uploaded without a manifest (in progress or interrupted)")
+    store_error: str | None = Field(description="Why nothing could be pulled into the local store (read-only)")
+    signal_pending: bool = Field(description="A reload's signal could not be written yet; retried periodically")
+
+
+class ReplicaInfo(BaseModel):
+    name: str = Field(description="PENGUINS_REPLICA_NAME, else the host (container) name")
+    worker: int | None
+    store: str
+    sync_interval_seconds: float | None = Field(description="How often this worker checks the signals by itself")
+    last_check: str | None
+    signal_error: str | None = Field(description="The reload signal could not be read or written: why")
+
+
+class SignalFailure(BaseModel):
+    where: str
+    reason: str
+
+
+class SignalInfo(BaseModel):
+    reaches: str = Field(description="Who this reload reached: every replica, those sharing the store, or fewer")
+    written: list[str] = Field(description="store (the shared store), server (this server's workers), repository")
+    failed: list[SignalFailure]
+    pending: bool = Field(description="The repository's signal is written by the periodic check once it answers")
+
+
 class ModelListing(BaseModel):
     default: str | None
     models: list[ModelInfo]
@@ -90,6 +137,8 @@ class ModelListing(BaseModel):
     skipped: list[SkippedInfo] = Field(
         default_factory=list, description="Penguin-named models in the store that are not served, and why"
     )
+    replica: ReplicaInfo | None = Field(default=None, description="Which replica and worker answered, and its sync")
+    repository: RepositoryInfo | None = Field(default=None, description="The model repository, when one is set")
 
 
 class ReloadReport(BaseModel):
@@ -106,6 +155,9 @@ class ReloadReport(BaseModel):
         default="now",
         description="When the routes above answer: from the next request on, in every worker of this server",
     )
+    replica: str | None = None
+    signal: SignalInfo | None = Field(default=None, description="How far the reload's signal got")
+    repository: RepositoryInfo | None = None
 
 
 METRIC_KEYS = (
@@ -126,7 +178,44 @@ def skipped(items: tuple[Skipped, ...] | list[Skipped]) -> list[SkippedInfo]:
     return [SkippedInfo(name=s.name, tag=s.tag, reason=s.reason, fix=s.fix) for s in items]
 
 
-def listing(snapshot: Snapshot) -> ModelListing:
+def repository_info(status: RepositoryStatus | None) -> RepositoryInfo | None:
+    if status is None:
+        return None
+    return RepositoryInfo(
+        url=status.url,
+        reachable=status.reachable,
+        unreachable_since=status.unreachable_since,
+        error=status.error,
+        last_pull=status.last_pull,
+        incomplete=list(status.incomplete),
+        store_error=status.store_error,
+        signal_pending=status.signal_pending,
+    )
+
+
+def replica_info(status: ReplicaStatus) -> ReplicaInfo:
+    return ReplicaInfo(
+        name=status.name,
+        worker=worker_index(),
+        store=status.store,
+        sync_interval_seconds=status.sync_interval_seconds,
+        last_check=status.last_check,
+        signal_error=status.signal_error,
+    )
+
+
+def signal_info(signal: Signal | None) -> SignalInfo | None:
+    if signal is None:
+        return None
+    return SignalInfo(
+        reaches=signal.reaches,
+        written=list(signal.written),
+        failed=[SignalFailure(where=w, reason=r) for w, r in signal.failed],
+        pending=signal.pending,
+    )
+
+
+def listing(snapshot: Snapshot, status: ReplicaStatus | None = None) -> ModelListing:
     best = snapshot.best()
 
     def info(model: LoadedModel) -> ModelInfo:
@@ -157,10 +246,12 @@ def listing(snapshot: Snapshot) -> ModelListing:
             for r in snapshot.rejected
         ],
         skipped=skipped(snapshot.skipped),
+        replica=replica_info(status) if status else None,
+        repository=repository_info(status.repository) if status else None,
     )
 
 
-def report(change: Change, before: Snapshot, after: Snapshot) -> ReloadReport:
+def report(change: Change, before: Snapshot, after: Snapshot, status: ReplicaStatus | None = None) -> ReloadReport:
     best = after.best()
     old, new = before.routes(), after.routes()
     return ReloadReport(
@@ -173,6 +264,9 @@ def report(change: Change, before: Snapshot, after: Snapshot) -> ReloadReport:
         default=best.tag if best else None,
         routes_added=sorted(new.keys() - old.keys()),
         routes_removed=sorted(old.keys() - new.keys()),
+        replica=status.name if status else None,
+        signal=signal_info(change.signal),
+        repository=repository_info(status.repository) if status else None,
     )
 
 
@@ -217,7 +311,7 @@ class Gateway:
             directory = self.settings.log_dir or default_store_dir().parent / "prediction-logs"
             try:
                 self._log = PredictionLog(
-                    directory, self.settings.log_max_bytes, self.settings.log_backups, worker_index()
+                    directory, self.settings.log_max_bytes, self.settings.log_backups, worker_index(), replica_name()
                 )
             except OSError as error:  # an unwritable log must not turn answers into 500s: say so once, serve on
                 logger.error("prediction log disabled: cannot write to %s (%s)", directory, error)

@@ -373,9 +373,12 @@ def train_and_save(
 
 
 def _save(trained: TrainedModel, labels: dict[str, str] | None = None) -> str:
-    """The one raw save into the BentoML model store (BENTOML_HOME); returns the new tag. Only the promotion gate
-    (gate.save_gated) calls it, with its decision as the `status` label added to the project's own."""
+    """The one raw save into the BentoML model store (BENTOML_HOME), published to the model repository when one is
+    set (PENGUINS_MODEL_REPOSITORY); returns the new tag. Only the promotion gate (gate.save_gated) calls it, with its
+    decision as the `status` label added to the project's own."""
     import bentoml
+
+    from penguins import repository
 
     metadata = {
         **trained.metrics,
@@ -396,6 +399,7 @@ def _save(trained: TrainedModel, labels: dict[str, str] | None = None) -> str:
             metadata=metadata,
             custom_objects=custom_objects or None,
         )
+    repository.publish(str(saved.tag))  # every saved version, promoted or rejected: replicas elsewhere need both
     return str(saved.tag)
 
 
