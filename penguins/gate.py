@@ -79,7 +79,7 @@ def decide(
 
 
 def skipped(metrics: dict[str, Any]) -> Decision:
-    return Decision(True, METRIC, float(metrics[METRIC]), 0.0, None, None, "gate skipped (--no-gate)")
+    return Decision(True, METRIC, float(metrics[METRIC]), 0.0, None, None, "gate skipped (--no-gate, gate=False)")
 
 
 def save_gated(
