@@ -458,9 +458,9 @@ def _make_client() -> Any:
     import boto3
     from botocore.config import Config
 
-    # Bounded waits: an unreachable repository must cost a replica seconds, not minutes (botocore's defaults are
-    # 60 s per connect and read, with retries).
-    config = Config(connect_timeout=3, read_timeout=30, retries={"max_attempts": 3, "mode": "standard"})
+    # Bounded waits: an unreachable repository must cost a reload seconds, not minutes (botocore's defaults are
+    # 60 s per connect and read, with retries). Two attempts per request at most; the periodic check retries.
+    config = Config(connect_timeout=3, read_timeout=30, retries={"max_attempts": 2, "mode": "standard"})
     session = boto3.session.Session()
     client = session.client("s3", config=config)
     if not (client.meta.endpoint_url or "").rstrip("/").endswith(".amazonaws.com"):

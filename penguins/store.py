@@ -506,7 +506,9 @@ class Registry:
         # Every worker of one `bentoml serve` has the same parent process: their own signal, for a read-only store.
         key = hashlib.sha256(str(self.store_dir.absolute()).encode()).hexdigest()[:12]
         self.server_signal = Path(tempfile.gettempdir()) / f"penguins-reload-{os.getppid()}-{key}"
-        # Called with the new snapshot after every refresh that changed it (served tags, failures or rejections).
+        # Called with the new snapshot after every refresh that changed it (served tags, failures or rejections),
+        # under the registry's lock, from the thread that refreshed: a request's (reload, a signal seen) or the
+        # periodic check's. A listener that raises is logged and the others still run.
         self.listeners: list[Callable[[Snapshot], None]] = []
         # Kept for a batch that was queued before its model was removed (it still finishes on it).
         self.retired: dict[str, LoadedModel] = {}

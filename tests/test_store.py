@@ -10,6 +10,7 @@ import time
 import pytest
 
 from penguins.contract import Penguin, Prediction
+from penguins.repository import PULL_LOCK, UNPACKING
 from penguins.store import RELOAD_SIGNAL, STORE_FAILURE, Registry, check_model_name, model_name, route_of, scan
 from tests.conftest import ROOT, version_dir
 
@@ -217,6 +218,13 @@ def test_the_reload_signal_lives_in_the_store_itself(store, tmp_path):
     assert change.signal.written == ("store",) and change.signal.reaches == "every replica sharing this store"
     assert (store / RELOAD_SIGNAL).is_file()
     assert b.is_stale() and model_name("knn") not in b.sync().models
+    # What a pull leaves in the store's root while it runs: its lock, a download, a folder being unpacked.
+    (store / PULL_LOCK).touch()
+    (store / ".penguins-pull-0123.part").write_bytes(b"partial")
+    unpacking = store / f"{UNPACKING}0123"
+    unpacking.mkdir()
+    (unpacking / "model.yaml").write_text("name: half")
+    assert len(scan(store)[0]) == 4 and scan(store)[1] == []
     listed = subprocess.run(
         [sys.executable, "-m", "bentoml", "models", "list", "-o", "json"],
         env={**os.environ, "BENTOML_HOME": str(other_home)},
@@ -224,7 +232,7 @@ def test_the_reload_signal_lives_in_the_store_itself(store, tmp_path):
         text=True,
         check=True,
     )
-    assert len(json.loads(listed.stdout)) == 4  # the signal (a dot-file) is no entry to BentoML
+    assert len(json.loads(listed.stdout)) == 4  # none of them is an entry to BentoML
 
 
 def test_a_store_that_cannot_take_the_signal_reaches_this_servers_workers_and_says_so(store):
