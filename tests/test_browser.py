@@ -15,6 +15,7 @@ from penguins.store import model_name
 from tests import browser as browser_tools
 from tests.browser import ARTIFACTS, TIMEOUT_MS
 from tests.servers import ROOT, run_train, serve
+from tests.tiers import unavailable
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
@@ -22,7 +23,7 @@ DOCS_SCREENSHOT = ROOT / "docs" / "ui.png"
 MODELS = ("logistic-regression", "random-forest")
 
 if reason := browser_tools.missing():
-    pytest.skip(reason, allow_module_level=True)
+    unavailable(reason, module=True)
 
 
 @pytest.fixture(scope="module")
