@@ -13,7 +13,7 @@ from pydantic import Field
 from pydantic_core import to_json
 from starlette.responses import Response
 
-from penguins import ui, workarounds
+from penguins import guards, ui, workarounds
 from penguins.contract import Penguin
 from penguins.explain import DEFAULT_NEIGHBOURS, MAX_NEIGHBOURS, Explanation, TrainingMap
 from penguins.serving import (
@@ -50,7 +50,7 @@ def _json(status: int, body: bytes | str) -> Response:
 
 class PenguinClassifier:
     def __init__(self) -> None:
-        workarounds.apply(settings.max_batch_wait_ms)
+        workarounds.apply(settings.max_batch_wait_ms, settings.bulk_body_bytes, settings.log_predictions)
         self.registry = get_registry()
         self.registry.sync()
         workarounds.freeze_heap()  # last: what was loaded above lives as long as the worker
@@ -129,5 +129,10 @@ PenguinClassifier = bentoml.service(
     if settings.cors_origins
     else {},
 )(PenguinClassifier)
+for _api in PenguinClassifier.apis.values():
+    guards.strict_input(_api)
+PenguinClassifier.add_asgi_middleware(guards.Front, conflict_routes=("/explain", "/training_map"))
 PenguinClassifier.add_asgi_middleware(Gateway, model_routes=ROUTES)
+PenguinClassifier.add_asgi_middleware(guards.Bodies)
+PenguinClassifier.add_asgi_middleware(guards.ErrorHints)
 PenguinClassifier.mount_asgi_app(ui.create_app(), path=ui.PATH, name="ui")

@@ -34,6 +34,11 @@ class Settings(BaseSettings):
     )
     log_max_bytes: int = Field(default=20 * 1024 * 1024, ge=1024, description="Rotate a worker's log at this size")
     log_backups: int = Field(default=5, ge=1, description="Rotated files kept per worker")
+    # A body this big (about 450 penguins) is bulk: validated in a thread, not on the event loop, and only
+    # `bulk_concurrency` of them are worked on at once per worker; more are answered 429 with Retry-After.
+    bulk_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    bulk_concurrency: int = Field(default=1, ge=1, description="Bulk requests a worker works on at once")
+    bulk_retry_after_s: int = Field(default=1, ge=1, description="Retry-After of a 429 for bulk requests")
 
 
 @cache

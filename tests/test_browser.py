@@ -108,7 +108,7 @@ def test_invalid_values_show_the_apis_message_next_to_the_field(page):
     page.fill("#field-bill_length_mm", "long")
     response = _submit(page)
     assert response.status == 400
-    assert "greater than 0" in page.text_content("#error-body_mass_g")
+    assert "at least 900 g" in page.text_content("#error-body_mass_g")
     assert "valid number" in page.text_content("#error-bill_length_mm")
     assert page.get_attribute("#field-body_mass_g", "aria-invalid") == "true"
     assert page.text_content("#error-island") == ""
