@@ -87,9 +87,9 @@ def save_gated(
 ) -> tuple[str, Decision]:
     """Decide, then save `trained` (a training.TrainedModel) with the decision as its `status` label and in its
     metadata (`gate`). Returns the new tag and the decision."""
-    from penguins.training import save
+    from penguins.training import _save
 
     decision = decide(trained.name, trained.metrics, tolerance, store_dir) if gate else skipped(trained.metrics)
     trained.provenance["gate"] = decision.as_metadata()
-    tag = save(trained, labels={STATUS_LABEL: decision.status})
+    tag = _save(trained, labels={STATUS_LABEL: decision.status})
     return tag, decision

@@ -144,10 +144,12 @@ class Front:
         app: ASGIApp,
         admin_routes: tuple[str, ...] = ("/reload",),
         conflict_routes: tuple[str, ...] = (),
+        runtime_prefixes: tuple[str, ...] = (),
         settings: Settings | None = None,
     ):
         self.app = app
         self.routes = RouteTable(app)
+        self.runtime_prefixes = runtime_prefixes  # routes made at runtime, further in: not ours to call unknown
         self.admin_routes = admin_routes
         self.conflict_routes = conflict_routes
         self.settings = settings or get_settings()
@@ -169,15 +171,14 @@ class Front:
         if method in ("GET", "HEAD") and path in DOCS_FILES:
             return await _docs_file(send, path, head=method == "HEAD")
         route, allowed = self.routes.match(scope)
-        if route is None:
-            if allowed:
-                methods = ", ".join(sorted(allowed))
-                return await respond(
-                    send,
-                    405,
-                    {"error": f"{method} is not allowed on {path}", "allowed": sorted(allowed)},
-                    [(b"allow", methods.encode())],
-                )
+        if route is None and allowed:
+            return await respond(
+                send,
+                405,
+                {"error": f"{method} is not allowed on {path}", "allowed": sorted(allowed)},
+                [(b"allow", ", ".join(sorted(allowed)).encode())],
+            )
+        if route is None and not path.startswith(self.runtime_prefixes):
             return await respond(send, 404, {"error": f"no route {path}: see /docs.json for the API"})
         if method == "GET" and path == "/docs.json":
             return await self._spec(scope, receive, send)
@@ -187,7 +188,7 @@ class Front:
                 415,
                 {
                     "error": "the request body must be JSON (Content-Type: application/json)",
-                    "accepted": ["application/json"],
+                    "accepted": list(JSON_TYPES),
                 },
             )
         await self.app(scope, receive, send)

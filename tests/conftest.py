@@ -40,10 +40,12 @@ def small_frame(frame):
 
 @pytest.fixture(scope="session")
 def trained(frame):
-    """Every algorithm trained on the full data and saved into the session's store, once."""
-    from penguins.training import ALGORITHMS, save, train
+    """Every algorithm trained on the full data and saved (through the gate: all promoted, the store is empty) into
+    the session's store, once."""
+    from penguins.gate import save_gated
+    from penguins.training import ALGORITHMS, train
 
-    return {algorithm: (model, save(model)) for algorithm in ALGORITHMS for model in [train(algorithm, frame)]}
+    return {algorithm: (model, save_gated(model)[0]) for algorithm in ALGORITHMS for model in [train(algorithm, frame)]}
 
 
 @pytest.fixture(scope="session")

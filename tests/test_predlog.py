@@ -76,7 +76,7 @@ def test_the_log_is_on_by_default_beside_the_store(tmp_path, monkeypatch):
     from penguins.settings import Settings
 
     monkeypatch.setattr("penguins.serving.default_store_dir", lambda: tmp_path / "home" / "models")
-    gateway = Gateway(app=None, model_routes={}, settings=Settings(log_dir=None))
+    gateway = Gateway(app=None, settings=Settings(log_dir=None))
     assert gateway.prediction_log().path.parent == tmp_path / "home" / "prediction-logs"
 
 
@@ -86,5 +86,5 @@ def test_an_unwritable_log_directory_disables_the_log_not_the_service(tmp_path):
 
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    gateway = Gateway(app=None, model_routes={}, settings=Settings(log_dir=blocker / "logs"))
+    gateway = Gateway(app=None, settings=Settings(log_dir=blocker / "logs"))
     assert gateway.prediction_log() is None and gateway.prediction_log() is None  # and it does not retry each time
