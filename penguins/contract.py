@@ -140,7 +140,7 @@ def _openapi_3_0(schema: dict[str, Any]) -> None:
     BentoML 1.4.39 publishes pydantic's JSON Schema (draft 2020-12) inside an `openapi: 3.0.2` document; two
     constructs differ there, and client generators and schema-driven test tools reject the draft spelling:
     a numeric `exclusiveMinimum` (3.0: `minimum` plus `exclusiveMinimum: true`) and `{"type": "null"}` in `anyOf`
-    (3.0: `nullable: true`).
+    (3.0: `nullable: true`, with null in the enum of a nullable enum).
     """
     for field in schema.get("properties", {}).values():
         bound = field.get("exclusiveMinimum")
@@ -150,6 +150,8 @@ def _openapi_3_0(schema: dict[str, Any]) -> None:
         if {"type": "null"} in options and len(options) == 2:
             del field["anyOf"]
             field.update(next(o for o in options if o != {"type": "null"}), nullable=True)
+            if "enum" in field and None not in field["enum"]:  # 3.0.3: a nullable enum lists null to allow it
+                field["enum"] = [*field["enum"], None]
 
 
 class Penguin(BaseModel):

@@ -378,7 +378,9 @@ def exact_spec(
         operation = item.get("post")
         if not operation or "x-bentoml-name" not in operation:
             continue
-        fields = _input_properties(operation, schemas)
+        fields, required = _input_properties(operation, schemas)
+        if required:  # without it no body at all would be a valid request
+            operation["requestBody"]["required"] = True
         responses = {k: v for k, v in operation.get("responses", {}).items() if k == "200"}
         responses["400"] = _response("Invalid input: `detail` names each field and what is wrong", "ValidationErrors")
         responses["413"] = _response("The request body is over the size limit", "BodyTooLarge")
@@ -418,11 +420,12 @@ def exact_spec(
     return spec
 
 
-def _input_properties(operation: dict[str, Any], schemas: dict[str, Any]) -> set[str]:
+def _input_properties(operation: dict[str, Any], schemas: dict[str, Any]) -> tuple[set[str], list[str]]:
+    """The input's field names and its required ones."""
     schema = operation.get("requestBody", {}).get("content", {}).get("application/json", {}).get("schema", {})
     if "$ref" in schema:
         schema = schemas.get(schema["$ref"].rsplit("/", 1)[-1], {})
-    return set(schema.get("properties", {}))
+    return set(schema.get("properties", {})), list(schema.get("required", []))
 
 
 @cache

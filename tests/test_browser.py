@@ -157,3 +157,33 @@ def test_readme_screenshot(browser, server):
     page.screenshot(path=str(DOCS_SCREENSHOT), full_page=True)
     context.close()
     assert DOCS_SCREENSHOT.stat().st_size < 150_000
+
+
+def test_the_docs_page_loads_nothing_from_outside_the_service(browser, server):
+    """BentoML's page at / loaded Google Tag Manager, and the document's description four badge images."""
+    context = browser.new_context(viewport={"width": 1200, "height": 900})
+    requested: list[str] = []
+
+    def guard(route):
+        requested.append(route.request.url)
+        if route.request.url.startswith(server) or route.request.url.startswith("data:"):
+            return route.continue_()
+        return route.abort()
+
+    context.route("**/*", guard)
+    try:
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(server)
+        page.wait_for_selector(".opblock-summary-path[data-path='/classify']")  # Swagger UI drew the operations
+        page.click(".opblock-summary-path[data-path='/classify']")
+        page.wait_for_selector(".opblock.is-open .responses-table")
+        page.wait_for_load_state("networkidle")
+        assert page.locator(".info .title").first.text_content().startswith("Palmer Penguins classifier")
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "docs.png"))
+    finally:
+        context.close()
+    outside = [url for url in requested if not url.startswith((server, "data:"))]
+    assert outside == [], f"the docs page reached outside the service: {outside}"
+    assert f"{server}/docs.json" in requested

@@ -130,6 +130,6 @@ def test_openapi_document_speaks_openapi_3_0(client):
     assert '{"type": "null"}' not in requests and '"exclusiveMinimum": 0' not in requests
     penguin = document["components"]["schemas"]["Penguin"]["properties"]
     assert penguin["bill_length_mm"]["minimum"] == 10 and "exclusiveMinimum" not in penguin["bill_length_mm"]
-    assert penguin["sex"]["nullable"] is True and penguin["sex"]["enum"] == ["female", "male"]
+    assert penguin["sex"]["nullable"] is True and penguin["sex"]["enum"] == ["female", "male", None]
     classify = document["paths"]["/classify"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert classify["properties"]["model"]["nullable"] is True
