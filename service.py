@@ -14,11 +14,12 @@ from pydantic import Field
 from pydantic_core import to_json
 from starlette.responses import Response
 
-from penguins import ui, workarounds
+from penguins import guards, ui, workarounds
 from penguins.contract import Penguin
 from penguins.errors import answers_errors
 from penguins.explain import DEFAULT_NEIGHBOURS, MAX_NEIGHBOURS, Explanation, TrainingMap
 from penguins.serving import (
+    MODEL_ROUTE_PREFIX,
     Gateway,
     ModelListing,
     ModelName,
@@ -57,7 +58,7 @@ class PenguinClassifier:
     """
 
     def __init__(self) -> None:
-        workarounds.apply(settings.max_batch_wait_ms)
+        workarounds.apply(settings.max_batch_wait_ms, settings.bulk_body_bytes, settings.log_predictions)
         logging.getLogger("penguins").setLevel(logging.INFO)  # what it serves and why, in the server's log
         self.registry = get_registry()
         self.registry.sync()
@@ -109,5 +110,12 @@ class PenguinClassifier:
         return report(change, before, self.registry.snapshot, self.registry.status())
 
 
+for _api in PenguinClassifier.apis.values():
+    guards.strict_input(_api)
+PenguinClassifier.add_asgi_middleware(
+    guards.Front, conflict_routes=("/explain", "/training_map"), runtime_prefixes=(MODEL_ROUTE_PREFIX,)
+)
 PenguinClassifier.add_asgi_middleware(Gateway)
+PenguinClassifier.add_asgi_middleware(guards.Bodies)
+PenguinClassifier.add_asgi_middleware(guards.ErrorHints)
 PenguinClassifier.mount_asgi_app(ui.create_app(), path=ui.PATH, name="ui")

@@ -269,6 +269,7 @@ _ERROR_KINDS = {
     "float_parsing": "not_a_number",
     "float_type": "not_a_number",
     "greater_than": "out_of_range",
+    "greater_than_equal": "out_of_range",
     "less_than_equal": "out_of_range",
     "finite_number": "out_of_range",
     "literal_error": "unknown_value",

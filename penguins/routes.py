@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from penguins import workarounds
+from penguins import guards, workarounds
 from penguins.settings import Settings
 from penguins.store import MODEL_PREFIX, Snapshot, endpoint_name, route_of
 
@@ -33,13 +33,15 @@ def typed_api(name: str, settings: Settings) -> Any:
     short = name.removeprefix(MODEL_PREFIX)
     endpoint.__name__ = endpoint.__qualname__ = endpoint_name(short)
     endpoint.__doc__ = f"Classify penguins with the {short} model ({name}), served from the model store."
-    return bentoml.api(
+    api = bentoml.api(
         endpoint,
         route=route_of(name),
         batchable=settings.batching,
         max_batch_size=settings.max_batch_size,
         max_latency_ms=settings.max_latency_ms,
     )
+    guards.strict_input(api)  # unknown top-level fields refused, as on the service's own APIs
+    return api
 
 
 class ModelRoutes:

@@ -56,6 +56,12 @@ class Settings(BaseSettings):
             raise ValueError("must be s3://bucket or s3://bucket/prefix (a valid bucket name, no spaces)")
         return value.rstrip("/")
 
+    # A body this big (about 450 penguins) is bulk: validated in a thread, not on the event loop, and only
+    # `bulk_concurrency` of them are worked on at once per worker; more are answered 429 with Retry-After.
+    bulk_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    bulk_concurrency: int = Field(default=1, ge=1, description="Bulk requests a worker works on at once")
+    bulk_retry_after_s: int = Field(default=1, ge=1, description="Retry-After of a 429 for bulk requests")
+
 
 @cache
 def get_settings() -> Settings:

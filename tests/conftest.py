@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 os.environ["BENTOML_DO_NOT_TRACK"] = "true"
@@ -19,6 +20,10 @@ import pytest  # noqa: E402
 
 from penguins.contract import EXAMPLE_PENGUIN, TARGET  # noqa: E402
 from penguins.data import load_penguins  # noqa: E402
+from tests.servers import SESSION_TAG, kill_tagged, session_id, tagged  # noqa: E402
+from tests.tiers import unavailable  # noqa: E402
+
+session_id()  # set before pytest-xdist starts its workers, so that they share it
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -121,7 +126,37 @@ def pytest_sessionstart(session):
         shutil.rmtree(FIGURES_DIR, ignore_errors=True)
 
 
+LEFT_BEHIND: list[str] = []
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session):
+    """Fail the run when a process the tests started (a server, its workers, a database) is still alive: each test
+    must stop what it started on every exit path. What is found is killed, so the next run starts clean."""
+    if hasattr(session.config, "workerinput"):
+        return  # the controlling process checks once every worker is done
+    deadline = time.monotonic() + 15  # a server stopped just now may still be exiting
+    while (alive := tagged(SESSION_TAG, session_id())) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    if alive:
+        LEFT_BEHIND.extend(f"pid {p.pid}: {' '.join(_cmdline(p))[:200]}" for p in alive)
+        kill_tagged(SESSION_TAG, session_id())
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def _cmdline(process) -> list[str]:
+    try:
+        return process.cmdline()
+    except Exception:
+        return ["?"]
+
+
 def pytest_terminal_summary(terminalreporter):
+    if LEFT_BEHIND:
+        terminalreporter.section("processes left behind", red=True)
+        for line in LEFT_BEHIND:
+            terminalreporter.write_line(line)
+        terminalreporter.write_line("FAILED: tests left these processes running (killed now)", red=True)
     found: dict[str, dict] = {}
     for path in sorted(FIGURES_DIR.glob("*.json")):
         found.update(json.loads(path.read_text()))
@@ -140,7 +175,7 @@ def _database(start):
         try:
             url = stack.enter_context(start())
         except Unavailable as reason:
-            pytest.skip(str(reason))
+            unavailable(str(reason))
         yield url
 
 

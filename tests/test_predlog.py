@@ -2,6 +2,7 @@
 
 import json
 import os
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -117,3 +118,68 @@ def test_a_second_live_writer_of_the_same_name_gets_its_own_file(tmp_path):
     second.write("two", "/classify", b"{}", b"[]", 0.001)
     assert [json.loads(line)["request_id"] for line in first.path.read_text().splitlines()] == ["one"]
     assert [json.loads(line)["request_id"] for line in second.path.read_text().splitlines()] == ["two"]
+
+
+def _lines_parse(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_a_short_write_leaves_no_partial_line(tmp_path, monkeypatch):
+    from penguins import predlog
+
+    log = PredictionLog(tmp_path, max_bytes=100_000, backups=1, worker=4)
+    log.write("before", "/classify", b"{}", b'[{"model": "m:1"}]', 0.001)
+    real_write, failures = os.write, predlog.failures_counter()
+    counted = failures._value.get()
+    monkeypatch.setattr(predlog.os, "write", lambda fd, data: real_write(fd, data[: len(data) // 2]))  # disk full
+    log.write("cut", "/classify", b"{}", b'[{"model": "m:1"}]', 0.001)
+    monkeypatch.setattr(predlog.os, "write", real_write)  # space again
+    log.write("after", "/classify", b"{}", b'[{"model": "m:1"}]', 0.001)
+    assert [r["request_id"] for r in _lines_parse(log.path)] == ["before", "after"]
+    assert failures._value.get() == counted + 1
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 64 KiB tmpfs, unmounted on every exit path (needs root and mount(8))."""
+    import shutil
+    import subprocess
+
+    from tests.tiers import unavailable
+
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        unavailable("a tmpfs needs root and mount(8)")
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True)
+    if made.returncode != 0:
+        unavailable(f"cannot mount a tmpfs here: {made.stderr.decode()[-300:]}")
+    try:
+        yield mount
+    finally:
+        if subprocess.run(["umount", str(mount)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_a_full_disk_cuts_no_line_and_the_file_parses_once_space_returns(small_disk):
+    from penguins import predlog
+
+    filler = small_disk / "filler"
+    filler.write_bytes(b"x" * 40_000)
+    log = PredictionLog(small_disk / "logs", max_bytes=1_000_000, backups=1, worker=5)
+    failures = predlog.failures_counter()
+    counted = failures._value.get()
+    output = b'[{"species": "Gentoo", "model": "m:1", "pad": "' + b"p" * 900 + b'"}]'
+    written = 0
+    for i in range(60):  # ~60 KB of lines into the ~24 KB left: the disk fills up, mid-line for one of them
+        log.write(f"r{i}", "/classify", b'{"penguins": []}', output, 0.001)
+        written += 1
+        _lines_parse(log.path)  # whole lines only, at every step
+    full = failures._value.get() - counted
+    assert full > 0, "the disk never filled up: this test would prove nothing"
+    kept = len(_lines_parse(log.path))
+    assert kept + full == written
+    filler.unlink()  # space returns
+    log.write("after", "/classify", b'{"penguins": []}', output, 0.001)
+    records = _lines_parse(log.path)
+    assert len(records) == kept + 1 and records[-1]["request_id"] == "after"

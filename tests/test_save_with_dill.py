@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.tiers import require_import
+
 ROOT = Path(__file__).resolve().parents[1]
 
 SAVE = textwrap.dedent(
@@ -46,7 +48,7 @@ LOAD = textwrap.dedent(
 
 @pytest.mark.cli
 def test_a_model_saved_where_dill_is_imported_loads_without_dill(tmp_path):
-    pytest.importorskip("dill", reason="dill comes with the airflow extra (uv sync --extra airflow)")
+    require_import("dill", "dill comes with the airflow extra (uv sync --extra airflow)")
     env = {**os.environ, "BENTOML_HOME": str(tmp_path), "BENTOML_DO_NOT_TRACK": "true"}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
 
