@@ -14,6 +14,7 @@ from pydantic_core import to_json
 from starlette.responses import Response
 
 from penguins import guards, ui, workarounds
+from penguins.coalesce import Coalesced, reloads_counter
 from penguins.contract import Penguin
 from penguins.errors import answers_errors
 from penguins.explain import DEFAULT_NEIGHBOURS, MAX_NEIGHBOURS, Explanation, TrainingMap
@@ -60,6 +61,7 @@ class PenguinClassifier:
         workarounds.apply(settings.max_batch_wait_ms, settings.bulk_body_bytes, settings.log_predictions)
         self.registry = get_registry()
         self.registry.sync()
+        self.reloads = Coalesced(self._reload_now, on_run=reloads_counter().inc)
         workarounds.freeze_heap()  # last: what was loaded above lives as long as the worker
 
     def __is_ready__(self) -> bool:
@@ -94,9 +96,13 @@ class PenguinClassifier:
         return listing(self.registry.sync())
 
     @bentoml.api
-    def reload(self) -> ReloadReport:
+    async def reload(self) -> ReloadReport:
         """Re-read the model store now, in every worker; report what was added, updated, removed, failed or skipped,
-        and the per-model routes added and removed (they answer from the next request on)."""
+        and the per-model routes added and removed (they answer from the next request on). Concurrent reloads share
+        one re-read (penguins.coalesce)."""
+        return await self.reloads()
+
+    def _reload_now(self) -> ReloadReport:
         before = self.registry.snapshot
         change = self.registry.reload()
         return report(change, before, self.registry.snapshot)
