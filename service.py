@@ -15,6 +15,7 @@ from pydantic_core import to_json
 from starlette.responses import Response
 
 from penguins import guards, ui, workarounds
+from penguins.coalesce import Coalesced, reloads_counter
 from penguins.contract import Penguin
 from penguins.errors import answers_errors
 from penguins.explain import DEFAULT_NEIGHBOURS, MAX_NEIGHBOURS, Explanation, TrainingMap
@@ -64,6 +65,7 @@ class PenguinClassifier:
         self.registry.sync()
         # Without traffic too, each worker follows reloads signalled elsewhere (docs/replicas.md).
         self.registry.start(settings.sync_interval_seconds)
+        self.reloads = Coalesced(self._reload_now, on_run=reloads_counter().inc)
         workarounds.freeze_heap()  # last: what was loaded above lives as long as the worker
 
     @bentoml.on_shutdown
@@ -102,9 +104,13 @@ class PenguinClassifier:
         return listing(self.registry.sync(), self.registry.status())
 
     @bentoml.api
-    def reload(self) -> ReloadReport:
+    async def reload(self) -> ReloadReport:
         """Re-read the model store now, in every worker; report what was added, updated, removed, failed or skipped,
-        and the per-model routes added and removed (they answer from the next request on)."""
+        and the per-model routes added and removed (they answer from the next request on). Concurrent reloads share
+        one re-read (penguins.coalesce)."""
+        return await self.reloads()
+
+    def _reload_now(self) -> ReloadReport:
         before = self.registry.snapshot
         change = self.registry.reload()
         return report(change, before, self.registry.snapshot, self.registry.status())

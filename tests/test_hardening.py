@@ -24,6 +24,7 @@ from tests.servers import serve
 pytestmark = pytest.mark.integration
 
 BODY = {"penguins": [EXAMPLE_PENGUIN]}
+TOKEN = "hardening-test-token"
 POST_ROUTES = ["/classify", f"/{endpoint_name('knn')}", "/explain", "/training_map", "/models", "/reload"]
 
 
@@ -32,7 +33,7 @@ def server(tmp_path_factory, store_dir):
     home = tmp_path_factory.mktemp("hardening") / "home"
     shutil.copytree(store_dir, home / "models")
     log = home.parent / "serve.log"
-    with serve(home, log, PENGUINS_LOG_DIR=str(home.parent / "prediction-logs")) as url:
+    with serve(home, log, PENGUINS_LOG_DIR=str(home.parent / "prediction-logs"), PENGUINS_ADMIN_TOKEN=TOKEN) as url:
         url.log = log  # type: ignore[attr-defined]
         url.prediction_logs = home.parent / "prediction-logs"  # type: ignore[attr-defined]
         yield url
@@ -208,3 +209,68 @@ def test_unknown_paths_and_methods_answer_json(server):
     wrong = httpx.get(f"{server}/classify")
     assert wrong.status_code == 405 and wrong.headers["allow"] == "POST" and wrong.json()["allowed"] == ["POST"]
     assert httpx.get(f"{server}/ui", follow_redirects=True).status_code == 200  # the router's own redirect kept
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def _classify_latencies(url: str, stop: threading.Event, into: list[float], errors: list[str]) -> None:
+    with httpx.Client(base_url=url, timeout=60) as http:
+        while not stop.is_set():
+            started = time.perf_counter()
+            response = http.post("/classify", json=BODY)
+            into.append(time.perf_counter() - started)
+            if response.status_code != 200:
+                errors.append(f"{response.status_code} {response.text[:200]}")
+
+
+def _reload_runs(url: str) -> float:
+    text = httpx.get(f"{url}/metrics", timeout=30).text
+    return sum(float(v) for v in re.findall(r"^penguins_store_reloads_total(?:{[^}]*})? (\S+)$", text, re.M))
+
+
+def test_a_storm_of_reloads_coalesces_and_classify_keeps_answering(server, figures):
+    normal: list[float] = []
+    errors: list[str] = []
+    stop = threading.Event()
+    client = threading.Thread(target=_classify_latencies, args=(server, stop, normal, errors))
+    client.start()
+    time.sleep(3)
+    stop.set()
+    client.join()
+
+    runs_before = _reload_runs(server)
+    during: list[float] = []
+    stop = threading.Event()
+    client = threading.Thread(target=_classify_latencies, args=(server, stop, during, errors))
+    start = threading.Barrier(100)
+    reports: list[int] = []
+
+    def reload() -> None:
+        with httpx.Client(base_url=server, timeout=120, headers={"authorization": f"Bearer {TOKEN}"}) as http:
+            start.wait()
+            reports.append(http.post("/reload").status_code)
+
+    storm = [threading.Thread(target=reload) for _ in range(100)]
+    client.start()
+    for thread in storm:
+        thread.start()
+    for thread in storm:
+        thread.join()
+    time.sleep(0.5)
+    stop.set()
+    client.join()
+    runs = _reload_runs(server) - runs_before
+
+    assert reports == [200] * 100 and errors == []
+    assert 1 <= runs <= 20, f"{runs} store re-reads for 100 concurrent reloads: not coalesced"
+    figures["reload storm"] = {
+        "concurrent reloads": 100,
+        "store re-reads": int(runs),
+        "classify p99 ms normal": round(_percentile(normal, 0.99) * 1e3, 1),
+        "classify p99 ms during": round(_percentile(during, 0.99) * 1e3, 1),
+        "p99 ratio": round(_percentile(during, 0.99) / _percentile(normal, 0.99), 2),
+        "classify requests during": len(during),
+    }
