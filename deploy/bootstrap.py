@@ -4,7 +4,8 @@ the API serve what the store holds with one reload call.
     python deploy/bootstrap.py          # in the `trainer` service of docker-compose.yml
 
 The API starts at the same time on the same (possibly empty) store and reports not-ready until models are loaded;
-this waits for it to answer, then calls `reload` with the admin token (PENGUINS_ADMIN_TOKEN) when one is set.
+this waits for it to answer, then calls `reload` with the admin token when one is set (PENGUINS_ADMIN_TOKEN, or
+PENGUINS_ADMIN_TOKEN_FILE: a Docker secret in the swarm stack).
 Environment: PENGUINS_API_URL (default http://api:3000), PENGUINS_API_WAIT seconds (default 300).
 """
 
@@ -42,8 +43,11 @@ def main() -> int:
 
     import bentoml
 
+    from penguins.settings import get_settings
+
     url = os.environ.get("PENGUINS_API_URL", "http://api:3000").rstrip("/")
-    token = os.environ.get("PENGUINS_ADMIN_TOKEN") or None
+    secret = get_settings().admin_token
+    token = secret.get_secret_value() if secret else None
     print(f"waiting for the API at {url}", flush=True)
     wait_live(url, float(os.environ.get("PENGUINS_API_WAIT", "300")))
     # server_ready_timeout=0: the API is not ready (no model loaded) until this very reload.
