@@ -108,7 +108,7 @@ def test_the_repository_settings_and_the_token_from_a_secret():
     [api] = pod["containers"]
     env = env_of(api)
     assert env["PENGUINS_MODEL_REPOSITORY"] == "s3://penguins-models/penguins"
-    assert env["PENGUINS_SYNC_INTERVAL_SECONDS"] == "30" and env["AWS_DEFAULT_REGION"] == "us-east-1"
+    assert env["PENGUINS_SYNC_INTERVAL_SECONDS"] == "5" and env["AWS_DEFAULT_REGION"] == "us-east-1"
     assert "AWS_ENDPOINT_URL" not in env and "AWS_SHARED_CREDENTIALS_FILE" not in env
     # The token is a file from the chart's Secret; it is in no environment value.
     secret = objects["Secret/penguins-admin-token"]

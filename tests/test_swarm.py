@@ -1,10 +1,10 @@
 """The swarm stack (deploy/stack.yml, `scripts/deploy stack`) for real, on private Docker engines of this machine.
 
-A cluster (tests/swarm.py) of four engines in network namespaces, with Debian's docker-registry on the hub: three
-form a swarm of three managers, the fourth stays alone for `scripts/deploy stack up` to initialise a single-node
-swarm on. The project's images are built on the machine's engine (unique tags, removed at the end), pushed to the
-cluster's registry, and every node pulls them from there. A client loops through the proxy of node 1, from the hub,
-the whole time the three-node stack is changed:
+A cluster (tests/swarm.py) of three engines in network namespaces, with Debian's docker-registry on the hub. First
+`scripts/deploy stack up` initialises a single-node swarm on node 1 and deploys there; after `stack down` node 1
+leaves it and the three form a swarm of three managers. The project's images are built on the machine's engine
+(unique tags, removed at the end), pushed to the cluster's registry, and every node pulls them from there. A client
+loops through the proxy of node 1, from the hub, the whole time the three-node stack is changed:
 
 - a rolling update to a new image: start-first, one replica at a time;
 - an update to an image whose API never becomes ready: rolled back by Swarm itself (`rollback_completed`);
@@ -124,7 +124,7 @@ class Images:
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[swarm.Cluster]:
-    with swarm.cluster(nodes=4) as built:
+    with swarm.cluster(nodes=3) as built:
         yield built
 
 
@@ -137,6 +137,27 @@ def images(cluster, tmp_path_factory) -> Iterator[dict[str, str]]:
         yield names
     finally:
         built.remove()
+
+
+@pytest.fixture(scope="module")
+def pulls(cluster, images) -> Iterator[list[subprocess.Popen]]:
+    """Nodes 2 and 3 pull the images while node 1 runs the single-node stack (they join the swarm after it)."""
+    started = []
+    for node in cluster.nodes[1:]:
+        command = " && ".join(f"docker pull -q {images[name]}" for name in ("api", "proxy"))
+        started.append(
+            subprocess.Popen(
+                ["sh", "-c", command],
+                env={**os.environ, "DOCKER_HOST": node.host},
+                stdout=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        )
+    try:
+        yield started
+    finally:
+        for process in started:
+            stop_group(process, timeout=5)
 
 
 def stack_env(images: dict[str, str], node: swarm.Node, secrets_dir: Path, **extra: str) -> dict[str, str]:
@@ -239,10 +260,13 @@ def summary(results: list[dict]) -> dict:
 # --- single node: `scripts/deploy stack up` initialises the swarm -----------------------------------------------------
 
 
-def test_stack_up_initialises_a_single_node_swarm_and_serves_through_the_proxy(cluster, images, tmp_path, figures):
-    node = cluster.nodes[3]
+def test_stack_up_initialises_a_single_node_swarm_and_serves_through_the_proxy(
+    cluster, images, pulls, tmp_path, figures
+):
+    node = cluster.nodes[0]
     assert node.docker("info", "--format", "{{.Swarm.LocalNodeState}}").stdout.strip() == "inactive"
-    env = stack_env(images, node, tmp_path / "secrets")
+    # One replica: the three-node stack below runs three; here the machine's two cores do the others' work too.
+    env = stack_env(images, node, tmp_path / "secrets", PENGUINS_API_REPLICAS="1")
     started = time.monotonic()
     stack_up(cluster, node, env)
     ready_seconds = round(time.monotonic() - started, 1)
@@ -263,8 +287,8 @@ def test_stack_up_initialises_a_single_node_swarm_and_serves_through_the_proxy(c
     assert f"127.0.0.1:{PORT}" in addresses and f"0.0.0.0:{PORT}" not in addresses and f"*:{PORT}" not in addresses
     assert hub(cluster, f"http://{node.ip}:{PORT}/readyz")["status"] == 0, "reachable from another host"
 
-    # Three replicas, healthy; the one-shot trainer ran once (the store was seeded: nothing to train) and stopped.
-    assert len(task_nodes(node, "api")) == 3
+    # The replica healthy; the one-shot trainer ran once (the store was seeded: nothing to train) and stopped.
+    assert len(task_nodes(node, "api")) == 1
 
     def trainer_states() -> list[str]:
         ids = node.docker("service", "ps", "-q", f"{STACK}_trainer").stdout.split()
@@ -298,9 +322,24 @@ def test_stack_up_initialises_a_single_node_swarm_and_serves_through_the_proxy(c
 
 
 @pytest.fixture(scope="module")
-def three_nodes(cluster, images, tmp_path_factory) -> Iterator[dict]:
-    cluster.nodes[3].docker("swarm", "leave", "--force", check=False)  # the single-node test's, if it ran
-    cluster.swarm(cluster.nodes[:3])
+def three_nodes(cluster, images, pulls, tmp_path_factory) -> Iterator[dict]:
+    for process in pulls:
+        process.wait(timeout=900)
+    first = cluster.nodes[0]
+    if first.docker("info", "--format", "{{.Swarm.LocalNodeState}}").stdout.strip() != "inactive":
+        # The single-node test's swarm: left, and its loopback-only docker_gwbridge removed with it, so that this
+        # node's proxy publishes on the node's address like the others'.
+        wait(lambda: not first.docker("ps", "-q").stdout.strip(), 120, "the single-node stack's containers gone")
+        first.docker("swarm", "leave", "--force")
+        wait(
+            lambda: (
+                first.docker("network", "rm", "docker_gwbridge", check=False).returncode == 0
+                or first.docker("network", "inspect", "docker_gwbridge", check=False).returncode != 0
+            ),
+            60,
+            "docker_gwbridge removed",
+        )
+    cluster.swarm(cluster.nodes)
     manager = cluster.nodes[0]
     env = stack_env(images, manager, tmp_path_factory.mktemp("secrets"))
     started = time.monotonic()
@@ -321,9 +360,9 @@ def test_every_node_runs_a_replica_and_the_proxy_spreads_requests(cluster, three
     assert len(set(nodes)) == 3, "one replica per node"
     assert len(task_nodes(manager, "proxy")) == 3, "a proxy on every node (mode global)"
     # Every node's proxy answers, from the hub (the address another host would use).
-    for node in cluster.nodes[:3]:
+    for node in cluster.nodes:
         assert hub(cluster, f"http://{node.ip}:{PORT}/readyz")["status"] == 200, node.name
-    answers = served_by_every_replica(cluster, cluster.nodes[:3])
+    answers = served_by_every_replica(cluster, cluster.nodes)
     assert len(answers) == 3 and len({a["node"] for a in answers}) == 3
     assert all(len(a["tags"]) == len(ALGORITHMS) for a in answers)
 
@@ -370,7 +409,10 @@ def test_a_rolling_update_and_an_automatic_rollback_lose_no_request(cluster, ima
 
 def test_a_drained_then_killed_node_costs_the_client_nothing(cluster, three_nodes, figures):
     manager, client = three_nodes["manager"], three_nodes["client"]
-    lost = cluster.nodes[2]
+    # The node to lose: one that runs a replica (updates may have moved them), not node 1 (the client's proxy).
+    placed = task_nodes(manager, "api")
+    lost = max(cluster.nodes[1:], key=lambda node: placed.count(node.id))
+    assert placed.count(lost.id) >= 1, f"no replica outside node 1: {placed}"
     begin = time.time()
     started = time.monotonic()
     manager.docker("node", "update", "--availability", "drain", lost.id)
