@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -33,7 +34,7 @@ import pytest
 
 from penguins.contract import EXAMPLE_PENGUIN
 from tests import swarm
-from tests.servers import run_train, stop_group
+from tests.servers import free_port, run_train, stop_group
 
 pytestmark = [pytest.mark.swarm, pytest.mark.integration]
 
@@ -134,6 +135,7 @@ def images(cluster, tmp_path_factory) -> Iterator[dict[str, str]]:
     try:
         names = built.build()
         names["build_seconds"], names["push_seconds"] = built.build_seconds, built.push_seconds
+        names["local_api"] = built.local[0]  # the API image as bentoml containerize made it
         yield names
     finally:
         built.remove()
@@ -477,3 +479,60 @@ def test_nothing_is_left_behind_after_a_cluster_is_removed():
     assert crashed.id not in swarm.leftovers()
     with contextlib.suppress(Exception):
         crashed.remove()
+
+
+def test_the_k8s_pod_settings_run_on_the_api_image(images, tmp_path):
+    """The chart's API container as `docker run` on the machine's engine: its user, read-only root filesystem, no
+    capabilities, no privilege escalation, its emptyDir mounts as tmpfs, its environment and token file. It starts
+    (live), is not ready on its empty store, and reload takes the token from the file."""
+    from tests.test_k8s import HELM
+
+    if shutil.which(HELM) is None:
+        pytest.skip(f"needs helm ({HELM}; scripts/test-tools installs it)")
+    import yaml
+
+    rendered = subprocess.run(
+        [HELM, "template", "penguins", str(ROOT / "deploy" / "k8s")], capture_output=True, text=True, check=True
+    ).stdout
+    [deployment] = [d for d in yaml.safe_load_all(rendered) if d and d["kind"] == "Deployment"]
+    pod = deployment["spec"]["template"]["spec"]
+    [api] = pod["containers"]
+    security, user = api["securityContext"], pod["securityContext"]
+    assert security["readOnlyRootFilesystem"] and security["capabilities"]["drop"] == ["ALL"]
+    token = f"k8s-{uuid.uuid4().hex}"
+    (tmp_path / "token").write_text(token + "\n")
+    (tmp_path / "token").chmod(0o444)
+    port = free_port()
+    command = [
+        "docker", "run", "-d", "--rm", "--read-only", "--cap-drop", "ALL",
+        "--security-opt", "no-new-privileges", "--user", f"{user['runAsUser']}:{user['runAsGroup']}",
+        "-p", f"127.0.0.1:{port}:3000",
+        "-v", f"{tmp_path / 'token'}:/run/secrets/penguins/token:ro",
+    ]  # fmt: skip
+    for mount in api["volumeMounts"]:
+        volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+        if "emptyDir" in volume:
+            command += ["--tmpfs", f"{mount['mountPath']}:uid={user['runAsUser']},gid={user['runAsGroup']}"]
+    for variable in api["env"]:
+        command += ["-e", f"{variable['name']}={variable['value']}"]
+    local = images["local_api"]
+    container = swarm.run(*command, local, timeout=120).stdout.strip()
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait(lambda: _status(f"{url}/livez") == 200, 240, "the pod's /livez")
+        assert _status(f"{url}/readyz") == 503  # its store (an emptyDir) is empty
+        assert _status(f"{url}/reload", post=True) == 401
+        assert _status(f"{url}/reload", post=True, token=token) == 200
+    finally:
+        swarm.run("docker", "rm", "-f", container, check=False)
+
+
+def _status(url: str, post: bool = False, token: str | None = None) -> int:
+    import httpx
+
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        answer = httpx.request("POST" if post else "GET", url, headers=headers, json={} if post else None, timeout=10)
+    except httpx.HTTPError:
+        return 0
+    return answer.status_code
