@@ -6,6 +6,7 @@ A thin shell: the models, the store and the rules live in the `penguins` package
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated
 
 import bentoml
@@ -51,9 +52,16 @@ def _json(status: int, body: bytes | str) -> Response:
 class PenguinClassifier:
     def __init__(self) -> None:
         workarounds.apply(settings.max_batch_wait_ms)
+        logging.getLogger("penguins").setLevel(logging.INFO)  # what it serves and why, in the server's log
         self.registry = get_registry()
         self.registry.sync()
+        # Without traffic too, each worker follows reloads signalled elsewhere (docs/replicas.md).
+        self.registry.start(settings.sync_interval_seconds)
         workarounds.freeze_heap()  # last: what was loaded above lives as long as the worker
+
+    @bentoml.on_shutdown
+    def stop_sync(self) -> None:
+        self.registry.stop()
 
     def __is_ready__(self) -> bool:
         return bool(self.registry.sync().models)
@@ -87,13 +95,13 @@ class PenguinClassifier:
     @bentoml.api
     def models(self) -> ModelListing:
         """List the served models with their metrics and routes, and the store entries that failed to load."""
-        return listing(self.registry.sync(), ROUTES)
+        return listing(self.registry.sync(), ROUTES, self.registry.status())
 
     @bentoml.api
     def reload(self) -> ReloadReport:
         """Re-read the model store now, in every worker; report what was added, updated, removed or failed."""
         change = self.registry.reload()
-        return report(change, self.registry.snapshot)
+        return report(change, self.registry.snapshot, self.registry.status())
 
 
 def _typed_endpoint(algorithm: str):

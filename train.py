@@ -66,6 +66,10 @@ def main(argv: list[str] | None = None) -> int:
 
     console = Console(stderr=True)
     store = default_store_dir()
+    if args.if_empty:
+        from penguins import repository
+
+        repository.pull(store)  # with a model repository, what it holds counts too (fetched into this store)
     if args.if_empty and scan(store)[0]:
         console.print(f"penguin models already in {store}: nothing to train")
         return 0

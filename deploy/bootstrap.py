@@ -6,11 +6,15 @@ the API serve what the store holds with one reload call.
 The API starts at the same time on the same (possibly empty) store and reports not-ready until models are loaded;
 this waits for it to answer, then calls `reload` with the admin token when one is set (PENGUINS_ADMIN_TOKEN, or
 PENGUINS_ADMIN_TOKEN_FILE: a Docker secret in the swarm stack).
-Environment: PENGUINS_API_URL (default http://api:3000), PENGUINS_API_WAIT seconds (default 300).
+Environment: PENGUINS_API_URL (default http://api:3000), PENGUINS_API_WAIT seconds (default 300), PENGUINS_MODELS
+(a JSON list of algorithms to train; default all). With a model
+repository (PENGUINS_MODEL_REPOSITORY), it first waits for the repository, and what the repository holds counts as
+stored (train.py --if-empty pulls it first).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -34,10 +38,32 @@ def wait_live(url: str, timeout: float) -> None:
         time.sleep(2)
 
 
+def wait_repository(timeout: float) -> None:
+    """With a model repository (compose profile s3), wait until it answers: it may start later than this."""
+    from penguins import repository
+
+    configured = repository.configured()
+    if configured is None:
+        return
+    print(f"waiting for the model repository {configured.url}", flush=True)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            configured.listing()  # fails until the bucket exists, too
+            return
+        except repository.RepositoryError as error:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the model repository did not answer within {timeout:g}s ({error})") from None
+        time.sleep(2)
+
+
 def main() -> int:
     import train
 
-    status = train.main(["--if-empty"])
+    wait_repository(float(os.environ.get("PENGUINS_API_WAIT", "300")))
+    # PENGUINS_MODELS: a JSON list of algorithms to train (as for the pipeline); all of them when unset.
+    models = json.loads(os.environ.get("PENGUINS_MODELS") or "[]")
+    status = train.main(["--if-empty", *(["--models", *models] if models else [])])
     if status:
         return status
 

@@ -87,8 +87,12 @@ def save_gated(
 ) -> tuple[str, Decision]:
     """Decide, then save `trained` (a training.TrainedModel) with the decision as its `status` label and in its
     metadata (`gate`). Returns the new tag and the decision."""
+    from penguins import repository
     from penguins.training import save
 
+    # With a model repository, the served version to beat may have been trained on another machine: fetch it first.
+    if gate:
+        repository.pull(store_dir)
     decision = decide(trained.name, trained.metrics, tolerance, store_dir) if gate else skipped(trained.metrics)
     trained.provenance["gate"] = decision.as_metadata()
     tag = save(trained, labels={STATUS_LABEL: decision.status})

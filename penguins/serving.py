@@ -18,7 +18,19 @@ from pydantic import BaseModel, Field
 from penguins.contract import Penguin, Prediction
 from penguins.predlog import PredictionLog, worker_index
 from penguins.settings import Settings, get_settings
-from penguins.store import Change, Failure, LoadedModel, Registry, Snapshot, default_store_dir, endpoint_name
+from penguins.store import (
+    Change,
+    Failure,
+    LoadedModel,
+    Registry,
+    ReplicaStatus,
+    RepositoryStatus,
+    Signal,
+    Snapshot,
+    default_store_dir,
+    endpoint_name,
+    replica_name,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +57,9 @@ TRAIN_HINT = "train one (python train.py) and call reload"
 @cache
 def get_registry() -> Registry:
     """The worker's one registry, made on first use (never at import)."""
-    return Registry(default_store_dir(), compiled=get_settings().compiled)
+    from penguins import repository
+
+    return Registry(default_store_dir(), compiled=get_settings().compiled, repository=repository.configured())
 
 
 class FailureInfo(BaseModel):
@@ -74,6 +88,38 @@ class RejectedInfo(BaseModel):
     gate: dict[str, Any] = Field(description="The promotion gate's decision: scores compared, tolerance, reason")
 
 
+class RepositoryInfo(BaseModel):
+    url: str = Field(description="PENGUINS_MODEL_REPOSITORY")
+    reachable: bool | None = Field(description="As this worker last saw it; null before it first asked")
+    unreachable_since: str | None
+    error: str | None
+    last_pull: str | None = Field(description="When this worker last fetched what the local store lacked")
+    incomplete: list[str] = Field(description="Versions uploaded without a manifest (in progress or interrupted)")
+    store_error: str | None = Field(description="Why nothing could be pulled into the local store (read-only)")
+    signal_pending: bool = Field(description="A reload's signal could not be written yet; retried periodically")
+
+
+class ReplicaInfo(BaseModel):
+    name: str = Field(description="PENGUINS_REPLICA_NAME, else the host (container) name")
+    worker: int | None
+    store: str
+    sync_interval_seconds: float | None = Field(description="How often this worker checks the signals by itself")
+    last_check: str | None
+    signal_error: str | None = Field(description="The reload signal could not be read or written: why")
+
+
+class SignalFailure(BaseModel):
+    where: str
+    reason: str
+
+
+class SignalInfo(BaseModel):
+    reaches: str = Field(description="Who this reload reached: every replica, those sharing the store, or fewer")
+    written: list[str] = Field(description="store (the shared store), server (this server's workers), repository")
+    failed: list[SignalFailure]
+    pending: bool = Field(description="The repository's signal is written by the periodic check once it answers")
+
+
 class ModelListing(BaseModel):
     default: str | None
     models: list[ModelInfo]
@@ -81,6 +127,8 @@ class ModelListing(BaseModel):
     rejected: list[RejectedInfo] = Field(
         default_factory=list, description="Versions kept in the store but not served: the promotion gate rejected them"
     )
+    replica: ReplicaInfo | None = Field(default=None, description="Which replica and worker answered, and its sync")
+    repository: RepositoryInfo | None = Field(default=None, description="The model repository, when one is set")
 
 
 class ReloadReport(BaseModel):
@@ -90,6 +138,9 @@ class ReloadReport(BaseModel):
     failed: list[FailureInfo]
     serving: list[str]
     default: str | None
+    replica: str | None = None
+    signal: SignalInfo | None = Field(default=None, description="How far the reload's signal got")
+    repository: RepositoryInfo | None = None
 
 
 METRIC_KEYS = (
@@ -106,7 +157,44 @@ def failures(items: tuple[Failure, ...] | list[Failure]) -> list[FailureInfo]:
     return [FailureInfo(name=f.name, tag=f.tag, reason=f.reason) for f in items]
 
 
-def listing(snapshot: Snapshot, routes: dict[str, str]) -> ModelListing:
+def repository_info(status: RepositoryStatus | None) -> RepositoryInfo | None:
+    if status is None:
+        return None
+    return RepositoryInfo(
+        url=status.url,
+        reachable=status.reachable,
+        unreachable_since=status.unreachable_since,
+        error=status.error,
+        last_pull=status.last_pull,
+        incomplete=list(status.incomplete),
+        store_error=status.store_error,
+        signal_pending=status.signal_pending,
+    )
+
+
+def replica_info(status: ReplicaStatus) -> ReplicaInfo:
+    return ReplicaInfo(
+        name=status.name,
+        worker=worker_index(),
+        store=status.store,
+        sync_interval_seconds=status.sync_interval_seconds,
+        last_check=status.last_check,
+        signal_error=status.signal_error,
+    )
+
+
+def signal_info(signal: Signal | None) -> SignalInfo | None:
+    if signal is None:
+        return None
+    return SignalInfo(
+        reaches=signal.reaches,
+        written=list(signal.written),
+        failed=[SignalFailure(where=w, reason=r) for w, r in signal.failed],
+        pending=signal.pending,
+    )
+
+
+def listing(snapshot: Snapshot, routes: dict[str, str], status: ReplicaStatus | None = None) -> ModelListing:
     best = snapshot.best()
 
     def info(model: LoadedModel) -> ModelInfo:
@@ -136,10 +224,12 @@ def listing(snapshot: Snapshot, routes: dict[str, str]) -> ModelListing:
             )
             for r in snapshot.rejected
         ],
+        replica=replica_info(status) if status else None,
+        repository=repository_info(status.repository) if status else None,
     )
 
 
-def report(change: Change, snapshot: Snapshot) -> ReloadReport:
+def report(change: Change, snapshot: Snapshot, status: ReplicaStatus | None = None) -> ReloadReport:
     best = snapshot.best()
     return ReloadReport(
         added=change.added,
@@ -148,6 +238,9 @@ def report(change: Change, snapshot: Snapshot) -> ReloadReport:
         failed=failures(change.failed),
         serving=change.serving,
         default=best.tag if best else None,
+        replica=status.name if status else None,
+        signal=signal_info(change.signal),
+        repository=repository_info(status.repository) if status else None,
     )
 
 
@@ -222,7 +315,7 @@ class Gateway:
             directory = self.settings.log_dir or default_store_dir().parent / "prediction-logs"
             try:
                 self._log = PredictionLog(
-                    directory, self.settings.log_max_bytes, self.settings.log_backups, worker_index()
+                    directory, self.settings.log_max_bytes, self.settings.log_backups, worker_index(), replica_name()
                 )
             except OSError as error:  # an unwritable log must not turn answers into 500s: say so once, serve on
                 logger.error("prediction log disabled: cannot write to %s (%s)", directory, error)

@@ -138,9 +138,12 @@ def train(algorithm: str, frame: pd.DataFrame, seed: int = DEFAULT_SEED, compile
 
 
 def save(trained: TrainedModel, labels: dict[str, str] | None = None) -> str:
-    """Save into the BentoML model store (BENTOML_HOME); return the new tag. `labels` add to the project's own
-    (the promotion gate's `status`)."""
+    """Save into the BentoML model store (BENTOML_HOME) and publish to the model repository when one is set
+    (PENGUINS_MODEL_REPOSITORY); return the new tag. `labels` add to the project's own (the promotion gate's
+    `status`)."""
     import bentoml
+
+    from penguins import repository
 
     metadata = {
         **trained.metrics,
@@ -161,6 +164,7 @@ def save(trained: TrainedModel, labels: dict[str, str] | None = None) -> str:
             metadata=metadata,
             custom_objects=custom_objects or None,
         )
+    repository.publish(str(saved.tag))  # every saved version, promoted or rejected: replicas elsewhere need both
     return str(saved.tag)
 
 

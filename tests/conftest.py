@@ -13,6 +13,7 @@ os.environ["BENTOML_DO_NOT_TRACK"] = "true"
 os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="penguins-tests-home-")
 os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="penguins-tests-prom-")
 os.environ["PENGUINS_LOG_DIR"] = tempfile.mkdtemp(prefix="penguins-tests-logs-")
+os.environ.pop("PENGUINS_MODEL_REPOSITORY", None)  # a developer's own repository must never get test models
 
 import pytest  # noqa: E402
 
