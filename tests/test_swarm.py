@@ -34,7 +34,7 @@ import pytest
 
 from penguins.contract import EXAMPLE_PENGUIN
 from tests import swarm
-from tests.servers import free_port, run_train, stop_group
+from tests.servers import free_port, stop_group
 
 pytestmark = [pytest.mark.swarm, pytest.mark.integration]
 
@@ -80,40 +80,40 @@ class Images:
         return tag
 
     def build(self) -> dict[str, str]:
-        api, proxy = self.tag("api"), self.tag("proxy")
+        api, proxy, seaweedfs = self.tag("api"), self.tag("proxy"), self.tag("seaweedfs")
         env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("PENGUINS_")},
             "BENTOML_HOME": str(self.home / "bentoml"),
             "PENGUINS_API_IMAGE": api,
             "PENGUINS_PROXY_IMAGE": proxy,
+            "PENGUINS_SEAWEEDFS_IMAGE": seaweedfs,
         }
         env.pop("PROMETHEUS_MULTIPROC_DIR", None)
         started = time.monotonic()
-        swarm.run(str(DEPLOY), "stack", "build", "api", "proxy", cwd=ROOT, env=env, timeout=1800)
-        # The models the replicas serve, in an image layer on top of the API image: each node's fresh `models`
-        # volume starts as a copy of it.
-        store = self.home / "store"
-        run_train(store, "--models", *ALGORITHMS)
-        seeded = self.derived("seeded", api, "COPY --chown=1034:1034 models /home/bentoml/models", store / "models")
-        # A new release (another image, same behaviour) and a broken one: alive, but its store is somewhere empty,
-        # so /readyz answers 503 for ever.
-        newer = self.derived("newer", seeded, 'LABEL org.opencontainers.image.version="test-newer"')
-        broken = self.derived("broken", seeded, "ENV BENTOML_HOME=/tmp/nothing-here")
+        swarm.run(str(DEPLOY), "stack", "build", "api", "proxy", "seaweedfs", cwd=ROOT, env=env, timeout=1800)
+        # A new release (another image, same behaviour) and a broken one: it listens on another port than the one
+        # its healthcheck and the proxy use, so it never becomes ready (alive all the same).
+        newer = self.derived("newer", api, 'LABEL org.opencontainers.image.version="test-newer"')
+        broken = self.derived("broken", api, "ENV PORT=3100")
         self.build_seconds = round(time.monotonic() - started, 1)
         started = time.monotonic()
         pushed = {
             name: self.cluster.push(image, image)
-            for name, image in {"api": seeded, "newer": newer, "broken": broken, "proxy": proxy}.items()
+            for name, image in {
+                "api": api,
+                "newer": newer,
+                "broken": broken,
+                "proxy": proxy,
+                "seaweedfs": seaweedfs,
+            }.items()
         }
         self.push_seconds = round(time.monotonic() - started, 1)
         return pushed
 
-    def derived(self, name: str, base: str, line: str, context_dir: Path | None = None) -> str:
+    def derived(self, name: str, base: str, line: str) -> str:
         tag = self.tag(name)
         context = self.home / f"context-{name}"
         context.mkdir()
-        if context_dir is not None:
-            subprocess.run(["cp", "-a", str(context_dir), str(context / context_dir.name)], check=True)
         (context / "Dockerfile").write_text(f"FROM {base}\n{line}\n")
         swarm.run("docker", "build", "-q", "-t", tag, str(context), env={**os.environ, "DOCKER_BUILDKIT": "0"})
         return tag
@@ -146,7 +146,7 @@ def pulls(cluster, images) -> Iterator[list[subprocess.Popen]]:
     """Nodes 2 and 3 pull the images while node 1 runs the single-node stack (they join the swarm after it)."""
     started = []
     for node in cluster.nodes[1:]:
-        command = " && ".join(f"docker pull -q {images[name]}" for name in ("api", "proxy"))
+        command = " && ".join(f"docker pull -q {images[name]}" for name in ("api", "proxy"))  # not seaweedfs: node 1
         started.append(
             subprocess.Popen(
                 ["sh", "-c", command],
@@ -170,6 +170,8 @@ def stack_env(images: dict[str, str], node: swarm.Node, secrets_dir: Path, **ext
         "DOCKER_HOST": node.host,
         "PENGUINS_API_IMAGE": images["api"],
         "PENGUINS_PROXY_IMAGE": images["proxy"],
+        "PENGUINS_SEAWEEDFS_IMAGE": images["seaweedfs"],
+        "PENGUINS_TRAIN_MODELS": json.dumps(ALGORITHMS),  # two of the five: the trainer's first run is quicker
         "PENGUINS_JUPYTER_IMAGE": "penguins-jupyter:not-deployed",
         "PENGUINS_JUPYTER_REPLICAS": "0",  # JupyterLab's image is not pushed: it adds minutes and tests nothing here
         "PENGUINS_ADMIN_TOKEN": f"admin-{uuid.uuid4().hex}",
@@ -225,10 +227,7 @@ def served_by_every_replica(cluster: swarm.Cluster, nodes: list[swarm.Node], tok
     )
     answers = []
     for node in nodes:
-        containers = node.docker(
-            "ps", "-q", "--filter", f"label=com.docker.swarm.service.name={STACK}_api", "--filter", "health=healthy"
-        ).stdout.split()
-        for container in containers:
+        for container in api_containers(node):
             listing = json.loads(node.docker("exec", container, "python", "-c", script).stdout)
             answers.append(
                 {"node": node.name, "container": container, "tags": sorted(m["tag"] for m in listing["models"])}
@@ -289,7 +288,7 @@ def test_stack_up_initialises_a_single_node_swarm_and_serves_through_the_proxy(
     assert f"127.0.0.1:{PORT}" in addresses and f"0.0.0.0:{PORT}" not in addresses and f"*:{PORT}" not in addresses
     assert hub(cluster, f"http://{node.ip}:{PORT}/readyz")["status"] == 0, "reachable from another host"
 
-    # The replica healthy; the one-shot trainer ran once (the store was seeded: nothing to train) and stopped.
+    # The replica healthy; the one-shot trainer ran once (trained into the repository, reloaded) and stopped.
     assert len(task_nodes(node, "api")) == 1
 
     def trainer_states() -> list[str]:
@@ -367,6 +366,41 @@ def test_every_node_runs_a_replica_and_the_proxy_spreads_requests(cluster, three
     answers = served_by_every_replica(cluster, cluster.nodes)
     assert len(answers) == 3 and len({a["node"] for a in answers}) == 3
     assert all(len(a["tags"]) == len(ALGORITHMS) for a in answers)
+
+
+def api_containers(node: swarm.Node) -> list[str]:
+    return node.docker(
+        "ps", "-q", "--filter", f"label=com.docker.swarm.service.name={STACK}_api", "--filter", "health=healthy"
+    ).stdout.split()
+
+
+def test_a_version_trained_on_one_node_reaches_every_replica_after_one_reload(cluster, three_nodes, figures):
+    manager, token = three_nodes["manager"], three_nodes["env"]["PENGUINS_ADMIN_TOKEN"]
+    before = served_by_every_replica(cluster, cluster.nodes)
+    assert len({tuple(a["tags"]) for a in before}) == 1, f"replicas disagree before: {before}"
+    old = next(t for t in before[0]["tags"] if t.startswith("penguins-random-forest:"))
+    # Trained on node 2, inside a replica there (its store, its repository settings): the version is published.
+    trainer = cluster.nodes[1]
+    [container, *_] = api_containers(trainer)
+    trainer.docker(
+        "exec", container, "python", "/home/bentoml/bento/src/train.py", "--models", "random-forest",
+        "--seed", "7", "--no-gate", timeout=900,
+    )  # fmt: skip
+    started = time.monotonic()
+    reload = hub(cluster, f"http://{manager.ip}:{PORT}/reload", post=True, token=token)
+    assert reload["status"] == 200, reload
+
+    def converged() -> list[dict] | None:
+        answers = served_by_every_replica(cluster, cluster.nodes)
+        tags = [{t for t in a["tags"] if t.startswith("penguins-random-forest:")} for a in answers]
+        if len(answers) == 3 and all(len(t) == 1 for t in tags) and len(set.union(*tags)) == 1 and old not in tags[0]:
+            return answers
+        return None
+
+    answers = wait(converged, 300, "every replica serving the new version", interval=1)
+    seconds = round(time.monotonic() - started, 1)
+    assert {a["node"] for a in answers} == {n.name for n in cluster.nodes}, "a replica on every node"
+    figures["swarm/trained on one node, one reload"] = {"seconds until every replica serves it": seconds}
 
 
 def test_a_rolling_update_and_an_automatic_rollback_lose_no_request(cluster, images, three_nodes, figures):
