@@ -159,7 +159,13 @@ def test_the_trainer_is_a_job_after_install_and_upgrade():
     bentofile = yaml.safe_load((ROOT / "bentofile.yaml").read_text())
     assert "deploy/bootstrap.py" in bentofile["include"] and "train.py" in bentofile["include"]
     env = env_of(trainer)
-    assert env["PENGUINS_API_URL"] == "http://penguins:3000"
+    # Straight to the pods (a headless Service that lists them ready or not): the Service routes to ready pods only,
+    # and none is ready before the trainer's models.
+    assert env["PENGUINS_API_URL"] == "http://penguins-pods:3000"
+    pods = objects["Service/penguins-pods"]["spec"]
+    assert pods["clusterIP"] == "None" and pods["publishNotReadyAddresses"] is True
+    labels = objects["Deployment/penguins"]["spec"]["template"]["metadata"]["labels"]
+    assert pods["selector"].items() <= labels.items()
     assert env["PENGUINS_MODEL_REPOSITORY"] == "s3://penguins-models/penguins"
     assert trainer["securityContext"]["readOnlyRootFilesystem"] is True
     assert not [key for key in render("trainer.enabled=false") if key.startswith("Job/")]
