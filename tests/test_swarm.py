@@ -163,7 +163,8 @@ def pulls(cluster, images) -> Iterator[list[subprocess.Popen]]:
 
 
 def stack_env(images: dict[str, str], node: swarm.Node, secrets_dir: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PENGUINS_", "JUPYTER_", "COMPOSE_"))}
+    # Nothing of the user's own settings, and every token given: scripts/deploy must not write the repository's .env.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PENGUINS_", "JUPYTER_", "COMPOSE_", "AWS_"))}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     return {
         **env,
@@ -176,6 +177,8 @@ def stack_env(images: dict[str, str], node: swarm.Node, secrets_dir: Path, **ext
         "PENGUINS_JUPYTER_REPLICAS": "0",  # JupyterLab's image is not pushed: it adds minutes and tests nothing here
         "PENGUINS_ADMIN_TOKEN": f"admin-{uuid.uuid4().hex}",
         "JUPYTER_TOKEN": f"jupyter-{uuid.uuid4().hex}",
+        "AWS_ACCESS_KEY_ID": f"key-{uuid.uuid4().hex[:12]}",
+        "AWS_SECRET_ACCESS_KEY": f"secret-{uuid.uuid4().hex}",
         "PENGUINS_SECRETS_DIR": str(secrets_dir),
         "DEPLOY_READY_TIMEOUT": "600",
         **extra,
@@ -268,8 +271,11 @@ def test_stack_up_initialises_a_single_node_swarm_and_serves_through_the_proxy(
     assert node.docker("info", "--format", "{{.Swarm.LocalNodeState}}").stdout.strip() == "inactive"
     # One replica: the three-node stack below runs three; here the machine's two cores do the others' work too.
     env = stack_env(images, node, tmp_path / "secrets", PENGUINS_API_REPLICAS="1")
+    dotenv = ROOT / ".env"
+    dotenv_before = dotenv.read_text() if dotenv.exists() else None
     started = time.monotonic()
     stack_up(cluster, node, env)
+    assert (dotenv.read_text() if dotenv.exists() else None) == dotenv_before, "stack up wrote the repository's .env"
     ready_seconds = round(time.monotonic() - started, 1)
     assert node.docker("info", "--format", "{{.Swarm.LocalNodeState}}").stdout.strip() == "active"
 
