@@ -4,14 +4,17 @@ the API serve what the store holds with one reload call.
     python deploy/bootstrap.py          # in the `trainer` service of docker-compose.yml
 
 The API starts at the same time on the same (possibly empty) store and reports not-ready until models are loaded;
-this waits for it to answer, then calls `reload` with the admin token (PENGUINS_ADMIN_TOKEN) when one is set.
-Environment: PENGUINS_API_URL (default http://api:3000), PENGUINS_API_WAIT seconds (default 300). With a model
+this waits for it to answer, then calls `reload` with the admin token when one is set (PENGUINS_ADMIN_TOKEN, or
+PENGUINS_ADMIN_TOKEN_FILE: a Docker secret in the swarm stack).
+Environment: PENGUINS_API_URL (default http://api:3000), PENGUINS_API_WAIT seconds (default 300), PENGUINS_MODELS
+(a JSON list of algorithms to train; default all). With a model
 repository (PENGUINS_MODEL_REPOSITORY), it first waits for the repository, and what the repository holds counts as
 stored (train.py --if-empty pulls it first).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -58,14 +61,19 @@ def main() -> int:
     import train
 
     wait_repository(float(os.environ.get("PENGUINS_API_WAIT", "300")))
-    status = train.main(["--if-empty"])
+    # PENGUINS_MODELS: a JSON list of algorithms to train (as for the pipeline); all of them when unset.
+    models = json.loads(os.environ.get("PENGUINS_MODELS") or "[]")
+    status = train.main(["--if-empty", *(["--models", *models] if models else [])])
     if status:
         return status
 
     import bentoml
 
+    from penguins.settings import get_settings
+
     url = os.environ.get("PENGUINS_API_URL", "http://api:3000").rstrip("/")
-    token = os.environ.get("PENGUINS_ADMIN_TOKEN") or None
+    secret = get_settings().admin_token
+    token = secret.get_secret_value() if secret else None
     print(f"waiting for the API at {url}", flush=True)
     wait_live(url, float(os.environ.get("PENGUINS_API_WAIT", "300")))
     # server_ready_timeout=0: the API is not ready (no model loaded) until this very reload.

@@ -6,7 +6,7 @@ import re
 from functools import cache
 from pathlib import Path
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -28,6 +28,9 @@ class Settings(BaseSettings):
     max_batch_wait_ms: float = Field(default=1.0, ge=0)
     compiled: bool = Field(default=True, description="Serve the ONNX form of a model when it was saved with one")
     admin_token: SecretStr | None = Field(default=None, description="Bearer token required by reload")
+    # Where orchestrators put secrets (a Docker secret in /run/secrets, a mounted Kubernetes Secret): the token then
+    # never appears in the environment or in a deploy file.
+    admin_token_file: Path | None = Field(default=None, description="File holding admin_token (one line)")
     cors_origins: list[str] = Field(default_factory=list)
     log_predictions: bool = Field(default=True, description="Append a JSON line per answered prediction")
     log_dir: Path | None = Field(
@@ -61,6 +64,17 @@ class Settings(BaseSettings):
     bulk_body_bytes: int = Field(default=64 * 1024, ge=1024)
     bulk_concurrency: int = Field(default=1, ge=1, description="Bulk requests a worker works on at once")
     bulk_retry_after_s: int = Field(default=1, ge=1, description="Retry-After of a 429 for bulk requests")
+    @model_validator(mode="after")
+    def _read_token_file(self) -> Settings:
+        if self.admin_token_file is None:
+            return self
+        if self.admin_token is not None:
+            raise ValueError("set PENGUINS_ADMIN_TOKEN or PENGUINS_ADMIN_TOKEN_FILE, not both")
+        token = self.admin_token_file.read_text().strip()  # an unreadable file fails the start, as it should
+        if not token:
+            raise ValueError(f"PENGUINS_ADMIN_TOKEN_FILE {self.admin_token_file} is empty")
+        object.__setattr__(self, "admin_token", SecretStr(token))  # the model is frozen once validated
+        return self
 
 
 @cache

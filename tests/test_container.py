@@ -23,7 +23,7 @@ from penguins.contract import EXAMPLE_PENGUIN
 from penguins.store import endpoint_name, model_name
 from penguins.training import ALGORITHMS
 from penguins.ui import STATIC
-from tests.compose import COMPOSE, WHY_NOT, Stack
+from tests.compose import COMPOSE, VARIANTS, WHY_NOT, Stack, require
 from tests.tiers import unavailable
 
 pytestmark = [pytest.mark.container, pytest.mark.integration]
@@ -35,9 +35,10 @@ if COMPOSE is None:
     unavailable(f"container tests need a Docker engine: {WHY_NOT}", module=True)
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory) -> Iterator[Stack]:
-    stack = Stack(tmp_path_factory.mktemp("bento-home"))
+@pytest.fixture(scope="module", params=VARIANTS)
+def stack(request, tmp_path_factory) -> Iterator[Stack]:
+    require(request.param)  # Compose v1 and v2: every test runs with each
+    stack = Stack(tmp_path_factory.mktemp("bento-home"), compose=request.param)
     try:
         stack.deploy("build")  # bentoml build -> bentoml containerize -> compose build
         yield stack

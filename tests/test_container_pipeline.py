@@ -27,7 +27,7 @@ from penguins.contract import EXAMPLE_PENGUIN
 from penguins.store import endpoint_name, model_name
 from penguins.training import ALGORITHMS
 from tests import browser
-from tests.compose import COMPOSE, WHY_NOT, Stack
+from tests.compose import COMPOSE, VARIANTS, WHY_NOT, Stack, require
 from tests.servers import free_port
 from tests.tiers import unavailable
 
@@ -45,7 +45,7 @@ if COMPOSE is None:
 class PipelineStack(Stack):
     """The stack with the pipeline profile, and Airflow's REST API as the UI uses it."""
 
-    def __init__(self, home: Path):
+    def __init__(self, home: Path, compose: str | None = None):
         self.airflow_port = free_port()
         self.airflow = f"http://127.0.0.1:{self.airflow_port}"
         self.airflow_user, self.airflow_password = "penguin-admin", f"airflow-{uuid.uuid4().hex}"
@@ -53,6 +53,7 @@ class PipelineStack(Stack):
             home,
             profiles=("pipeline",),
             images=("mariadb", "airflow"),
+            compose=compose,
             AIRFLOW_PORT=str(self.airflow_port),
             # Not URL-safe on purpose: the airflow entry point percent-encodes it into the DAG's database URL.
             PENGUINS_DB_PASSWORD=f"db/{uuid.uuid4().hex[:8]}@pw",
@@ -90,9 +91,10 @@ class PipelineStack(Stack):
         return answer.text[-4000:]
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory) -> Iterator[PipelineStack]:
-    stack = PipelineStack(tmp_path_factory.mktemp("bento-home"))
+@pytest.fixture(scope="module", params=VARIANTS)
+def stack(request, tmp_path_factory) -> Iterator[PipelineStack]:
+    require(request.param)  # Compose v1 and v2: every test runs with each
+    stack = PipelineStack(tmp_path_factory.mktemp("bento-home"), compose=request.param)
     try:
         stack.deploy("build")  # bentoml build -> containerize -> the jupyter image
         stack.compose("build", "mariadb", "airflow", timeout=1800)
