@@ -16,6 +16,7 @@ from starlette.responses import Response
 from penguins import ui, workarounds
 from penguins.contract import Penguin
 from penguins.explain import DEFAULT_NEIGHBOURS, MAX_NEIGHBOURS, Explanation, TrainingMap
+from penguins.predlog import worker_index
 from penguins.serving import (
     Gateway,
     ModelListing,
@@ -53,7 +54,8 @@ class PenguinClassifier:
         workarounds.apply(settings.max_batch_wait_ms)
         self.registry = get_registry()
         self.registry.sync()
-        workarounds.freeze_heap()  # last: what was loaded above lives as long as the worker
+        workarounds.freeze_heap()  # what was loaded above lives as long as the worker
+        workarounds.spread_connections(worker_index())  # last: from here on the kernel routes connections to us
 
     def __is_ready__(self) -> bool:
         return bool(self.registry.sync().models)

@@ -4,6 +4,7 @@ import bentoml
 
 from penguins import workarounds
 from penguins.contract import Prediction
+from penguins.predlog import worker_index
 from penguins.serving import Penguins, Predictions
 from penguins.settings import get_settings
 
@@ -16,6 +17,7 @@ class Noop:
     def __init__(self) -> None:
         workarounds.apply(settings.max_batch_wait_ms)
         workarounds.freeze_heap()
+        workarounds.spread_connections(worker_index())
 
     @bentoml.api(
         batchable=settings.batching, max_batch_size=settings.max_batch_size, max_latency_ms=settings.max_latency_ms

@@ -4,6 +4,9 @@ start-up heap."""
 import asyncio
 import contextvars
 import gc
+import os
+import socket
+import sys
 import weakref
 
 import pytest
@@ -109,3 +112,43 @@ def test_a_request_still_times_out_with_a_504():
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         sent, _ = runner.run(_request(_slow, timeout=0.05))
     assert sent[0]["status"] == 504 and b"0.05 seconds" in sent[1]["body"]
+
+
+def test_a_second_worker_listens_on_its_own_socket_of_the_same_address(monkeypatch):
+    """What spread_connections does to the listening socket a BentoML worker inherits (`--fd N`): the first worker
+    keeps it, the others put a socket of their own, on the same address and in one SO_REUSEPORT group, in its place;
+    new connections then go to both."""
+    shared = socket.create_server(("127.0.0.1", 0))
+    inherited = os.dup(shared.fileno())  # the descriptor number a worker was handed
+    worker = ["/venv/site-packages/_bentoml_impl/worker/service.py", "--fd", str(inherited)]
+    try:
+        monkeypatch.setattr(sys, "argv", worker)
+        assert workarounds.spread_connections(1) is False  # the first worker keeps the shared socket
+        assert os.fstat(inherited).st_ino == os.fstat(shared.fileno()).st_ino
+        assert workarounds.spread_connections(2) is True
+        assert os.fstat(inherited).st_ino != os.fstat(shared.fileno()).st_ino
+        with socket.socket(fileno=os.dup(inherited)) as own:
+            assert own.getsockname() == shared.getsockname()
+            clients = [socket.create_connection(shared.getsockname()) for _ in range(64)]
+            accepted = {name: _accept_all(sock) for name, sock in (("shared", shared), ("own", own))}
+            for client in clients:
+                client.close()
+        assert accepted["shared"] + accepted["own"] == 64 and min(accepted.values()) > 0, accepted
+
+        monkeypatch.setattr(sys, "argv", ["service.py", "--fd", str(inherited)])  # not BentoML's worker: untouched
+        assert workarounds.spread_connections(2) is False
+    finally:
+        os.close(inherited)
+        shared.close()
+
+
+def _accept_all(listener: socket.socket) -> int:
+    listener.setblocking(False)
+    accepted = 0
+    while True:
+        try:
+            connection, _ = listener.accept()
+        except BlockingIOError:
+            return accepted
+        connection.close()
+        accepted += 1
