@@ -29,6 +29,7 @@ from penguins.serving import (
     report,
     resolve,
     resolve_explainable,
+    server_config,
     typed_routes,
 )
 from penguins.settings import get_settings
@@ -122,14 +123,6 @@ def _typed_endpoint(algorithm: str):
 for _algorithm in ALGORITHMS_WITH_ROUTES:
     setattr(PenguinClassifier, endpoint_name(_algorithm), _typed_endpoint(_algorithm))
 
-PenguinClassifier = bentoml.service(
-    name="penguin_classifier",
-    workers=settings.workers,
-    threads=settings.threads,
-    traffic={"timeout": 60},
-    http={"cors": {"enabled": True, "access_control_allow_origins": settings.cors_origins}}
-    if settings.cors_origins
-    else {},
-)(PenguinClassifier)
+PenguinClassifier = bentoml.service(name="penguin_classifier", **server_config(settings))(PenguinClassifier)
 PenguinClassifier.add_asgi_middleware(Gateway, model_routes=ROUTES)
 PenguinClassifier.mount_asgi_app(ui.create_app(), path=ui.PATH, name="ui")

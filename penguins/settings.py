@@ -25,6 +25,10 @@ class Settings(BaseSettings):
     # The longest a queued request waits for company before its batch goes. BentoML 1.4 learns this wait from past
     # batches and, after heavy load, can settle on ~15 ms for a lone client; we cap what it learns.
     max_batch_wait_ms: float = Field(default=1.0, ge=0)
+    # BentoML's OpenTelemetry span for every request. Spans leave the worker only through a tracing exporter set in
+    # BentoML's own configuration (`tracing:`); without one they went nowhere and cost ~40% of a small request's CPU.
+    trace_requests: bool = Field(default=False, description="Trace every request (needs BentoML's tracing exporter)")
+    access_log: bool = Field(default=True, description="BentoML's access log: one line per request on stdout")
     compiled: bool = Field(default=True, description="Serve the ONNX form of a model when it was saved with one")
     admin_token: SecretStr | None = Field(default=None, description="Bearer token required by reload")
     cors_origins: list[str] = Field(default_factory=list)
