@@ -152,3 +152,37 @@ def _accept_all(listener: socket.socket) -> int:
             return accepted
         connection.close()
         accepted += 1
+
+
+def test_a_request_larger_than_a_batch_is_never_split():
+    """BentoML's dispatcher cut a 10,000-penguin request into ten 1,000-penguin batches; now a request is one batch,
+    alone if it does not fit with others, and smaller requests are still combined up to max_batch_size."""
+    from bentoml._internal.marshal.dispatcher import CorkDispatcher
+
+    workarounds.apply(get_settings().max_batch_wait_ms)
+    batches: list[list[int]] = []
+
+    async def run() -> list:
+        dispatcher = CorkDispatcher(
+            max_latency_in_ms=10_000, max_batch_size=1000, fallback=lambda: None, get_batch_size=len
+        )
+
+        async def predict(jobs):
+            batches.append([len(job) for job in jobs])
+            await asyncio.sleep(0.01)
+            return [[len(job)] * len(job) for job in jobs]
+
+        call = dispatcher(predict)
+        try:
+            for _ in range(12):  # the dispatcher's warm-up batches, one request each
+                await call([0])
+            batches.clear()
+            return await asyncio.gather(call(list(range(10_000))), *(call([0] * 300) for _ in range(6)))
+        finally:
+            dispatcher.shutdown()
+
+    answers = asyncio.run(run())
+    assert len(answers[0]) == 10_000 and all(len(a) == 300 for a in answers[1:])
+    assert [10_000] in batches, batches  # the big request, whole, in a batch of its own
+    assert all(sum(batch) <= 1000 for batch in batches if batch != [10_000])
+    assert sum(len(batch) for batch in batches) == 7 and max(len(b) for b in batches) >= 2  # the others combined
