@@ -17,7 +17,7 @@ class Settings(BaseSettings):
     workers: int = Field(default=1, ge=1)
     threads: int = Field(default=4, ge=1)
     batching: bool = Field(default=True, description="Adaptive batching on the per-model endpoints")
-    # Penguins per batch: bulk requests to a per-model endpoint are split into chunks of this size.
+    # Most penguins that different requests to a per-model endpoint combine into one batch (a request is never split).
     max_batch_size: int = Field(default=1000, ge=2)
     # Not the batching wait (that is max_batch_wait_ms) but its load-shedding bound: BentoML 1.4 cancels a queued
     # request whose expected latency passes it. At 20 ms it dropped requests at concurrency 8 on this machine.

@@ -26,8 +26,13 @@ class RequestState:
 
 def test_the_service_applies_them_when_it_starts(client):
     # First in this file: the tests below apply them themselves.
+    from _bentoml_sdk.method import APIMethod
+    from bentoml._internal.marshal.dispatcher import CorkDispatcher
+
     assert hasattr(Optimizer.trigger_refresh, "__wrapped__")
     assert getattr(TimeoutMiddleware.__call__, "releases_timer", False)
+    assert getattr(CorkDispatcher._get_inputs, "keeps_requests_whole", False)
+    assert getattr(APIMethod._local_call, "binds_once", False)
     assert gc.get_freeze_count() > 50_000  # the libraries and models it loaded: out of every later collection
 
 
@@ -186,3 +191,25 @@ def test_a_request_larger_than_a_batch_is_never_split():
     assert [10_000] in batches, batches  # the big request, whole, in a batch of its own
     assert all(sum(batch) <= 1000 for batch in batches if batch != [10_000])
     assert sum(len(batch) for batch in batches) == 7 and max(len(b) for b in batches) >= 2  # the others combined
+
+
+def test_an_api_method_is_bound_to_its_instance_once():
+    import bentoml
+
+    workarounds.apply(get_settings().max_batch_wait_ms)
+
+    @bentoml.service
+    class Echo:
+        @bentoml.api
+        def echo(self, text: str = "x") -> str:
+            return text
+
+    instance, other = Echo.inner(), Echo.inner()
+    method = Echo.inner.__dict__["echo"]
+    caller = method._local_call(instance)
+    assert method._local_call(instance) is caller and method._local_call(other) is not caller
+    assert caller() == "x" and caller(text="y") == "y"  # BentoML's caller still fills in the defaults
+    dropped = weakref.ref(other)
+    del other
+    gc.collect()
+    assert dropped() is None  # the callers it keeps do not keep it alive
