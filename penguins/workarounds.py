@@ -1,8 +1,10 @@
 """Fixes for BentoML 1.4.39's serving internals (`apply`, `spread_connections`), and for CPython's garbage collector
 under server load (`freeze_heap`), run in each worker, never at import.
 
-Each BentoML fix patches one method of a BentoML class, so it reaches the instances BentoML has already built; each
-is idempotent. Re-check them when upgrading BentoML.
+Each BentoML fix patches one method of a BentoML class (one module function: `publish_alternatives`), so it reaches
+the instances BentoML has already built; `spread_connections` changes no BentoML code, only the listening socket
+BentoML's worker inherited. Each is idempotent, and names the BentoML version it was written for (1.4.39) and the
+upstream issue if there is one. Re-check them when upgrading BentoML.
 """
 
 from __future__ import annotations

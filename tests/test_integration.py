@@ -11,7 +11,7 @@ import httpx
 import psutil
 import pytest
 
-from penguins.contract import EXAMPLE_PENGUIN
+from penguins.contract import EXAMPLE_COLUMNS, EXAMPLE_PENGUIN
 from penguins.store import model_name
 from tests.servers import run_train, serve, workers_that_answered
 
@@ -48,6 +48,11 @@ def test_empty_store_to_serving_to_retrained(tmp_path):
         assert generic["model"] == first_rf
         (default,) = client.classify(penguins=[EXAMPLE_PENGUIN])
         assert default["model"] in report["serving"]
+        # The columnar form through the client: the answers of the same penguins as rows.
+        columns = EXAMPLE_COLUMNS
+        as_rows = [dict(zip(columns, values, strict=True)) for values in zip(*columns.values(), strict=True)]
+        for call in (client.classify, client.classify_random_forest):
+            assert call(penguins=EXAMPLE_COLUMNS) == call(penguins=as_rows)
 
         # A new version under an existing name is served after reload (forced past the promotion gate: seed 7's
         # held-out accuracy is lower than seed 42's; the gate has its own tests).
