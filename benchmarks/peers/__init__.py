@@ -89,6 +89,7 @@ def _mlserver_command(python: Path, model: Path, port: int, workers: int, scratc
         "grpc_port": free_port(),
         "metrics_port": free_port(),
         "parallel_workers": workers,
+        "metrics_dir": str(repository / "metrics"),  # not ./.metrics, its default
     }
     (repository / "settings.json").write_text(json.dumps(settings))
     model_settings = {
