@@ -5,7 +5,9 @@ the API serve what the store holds with one reload call.
 
 The API starts at the same time on the same (possibly empty) store and reports not-ready until models are loaded;
 this waits for it to answer, then calls `reload` with the admin token (PENGUINS_ADMIN_TOKEN) when one is set.
-Environment: PENGUINS_API_URL (default http://api:3000), PENGUINS_API_WAIT seconds (default 300).
+Environment: PENGUINS_API_URL (default http://api:3000), PENGUINS_API_WAIT seconds (default 300). With a model
+repository (PENGUINS_MODEL_REPOSITORY), it first waits for the repository, and what the repository holds counts as
+stored (train.py --if-empty pulls it first).
 """
 
 from __future__ import annotations
@@ -33,9 +35,29 @@ def wait_live(url: str, timeout: float) -> None:
         time.sleep(2)
 
 
+def wait_repository(timeout: float) -> None:
+    """With a model repository (compose profile s3), wait until it answers: it may start later than this."""
+    from penguins import repository
+
+    configured = repository.configured()
+    if configured is None:
+        return
+    print(f"waiting for the model repository {configured.url}", flush=True)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            configured.listing()  # fails until the bucket exists, too
+            return
+        except repository.RepositoryError as error:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the model repository did not answer within {timeout:g}s ({error})") from None
+        time.sleep(2)
+
+
 def main() -> int:
     import train
 
+    wait_repository(float(os.environ.get("PENGUINS_API_WAIT", "300")))
     status = train.main(["--if-empty"])
     if status:
         return status

@@ -107,10 +107,11 @@ def compile_onnx(pipeline: Any) -> bytes:
 
     onnx_ready = copy.deepcopy(pipeline)
     # Same fitted imputer, but told that "" marks a missing category: skl2onnx converts string imputers only.
-    for _, transformer, _ in onnx_ready.named_steps["preprocess"].transformers_:
-        for step in getattr(transformer, "steps", ()):
-            if getattr(step[1], "strategy", None) == "most_frequent":
-                step[1].missing_values = MISSING_CATEGORY
+    for _, preprocess in onnx_ready.steps[:-1]:
+        for _, transformer, _ in getattr(preprocess, "transformers_", ()):
+            for step in getattr(transformer, "steps", ()):
+                if getattr(step[1], "strategy", None) == "most_frequent":
+                    step[1].missing_values = MISSING_CATEGORY
     inputs = [(f, StringTensorType([None, 1])) for f in CATEGORICAL_FEATURES]
     inputs += [(f, FloatTensorType([None, 1])) for f in NUMERIC_FEATURES]
     estimator = onnx_ready.steps[-1][1]

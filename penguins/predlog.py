@@ -1,14 +1,16 @@
 """The prediction log: one JSON line per answered prediction request, durable and safe with several workers.
 
-Each worker appends to its own size-rotated file (`predictions-w<worker>.jsonl`, then `.1`, `.2`, ...), so lines from
-different processes never interleave, and every line is flushed before the response's last byte is sent. Read it
-all back with pandas:
+Each worker of each replica appends to its own size-rotated file (`predictions-<replica>-w<worker>.jsonl`, then `.1`,
+`.2`, ...; the replica is PENGUINS_REPLICA_NAME or the host/container name), so lines from different processes never
+interleave and a rotation renames only its own files, even with many replicas on one shared log volume. Every line is
+flushed before the response's last byte is sent. Read it all back with pandas:
 
     pd.concat(pd.read_json(f, lines=True) for f in Path(LOG_DIR).glob("predictions-*.jsonl*"))
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -28,17 +30,35 @@ class PredictionLog:
     process, before the answer's last byte goes out. Written from the worker's event loop only.
     """
 
-    def __init__(self, directory: Path, max_bytes: int, backups: int, worker: int | str | None = None):
+    def __init__(
+        self, directory: Path, max_bytes: int, backups: int, worker: int | str | None = None, replica: str | None = None
+    ):
         directory.mkdir(parents=True, exist_ok=True)
         worker = worker if worker is not None else os.getpid()
-        self.path = directory / f"predictions-w{worker}.jsonl"
+        stem = f"predictions-{replica}-w{worker}" if replica else f"predictions-w{worker}"
+        self.path = directory / f"{stem}.jsonl"
         self.max_bytes, self.backups = max_bytes, backups
         self._failing = False
         self._open()
 
     def _open(self) -> None:
+        """Open the live file, owning it: an exclusive lock held while it is written. A live process with the same
+        replica name and worker index (two servers on one host sharing a log folder) holds it already: then this
+        process adds its pid to the name, so each file and its rotation keep a single writer."""
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._fd)
+            owner = self.path
+            self.path = self.path.with_name(f"{self.path.name.removesuffix('.jsonl')}-p{os.getpid()}.jsonl")
+            logger.warning("prediction log: %s belongs to another live process; writing %s", owner, self.path)
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         self._size = os.fstat(self._fd).st_size
+
+    def close(self) -> None:
+        """Release the file (and its ownership); a worker that exits does it by exiting."""
+        os.close(self._fd)
 
     def _rotate(self) -> None:
         """The live file becomes `.1`, `.1` becomes `.2`, ...; the oldest beyond `backups` is overwritten."""

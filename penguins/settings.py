@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import re
 from functools import cache
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -38,6 +39,26 @@ class Settings(BaseSettings):
     )
     log_max_bytes: int = Field(default=20 * 1024 * 1024, ge=1024, description="Rotate a worker's log at this size")
     log_backups: int = Field(default=5, ge=1, description="Rotated files kept per worker")
+    # Replicas (docs/replicas.md). The object-storage model repository, `s3://bucket/prefix`; unset: none. Its
+    # endpoint and credentials come from the standard AWS variables (AWS_ENDPOINT_URL or AWS_ENDPOINT_URL_S3,
+    # AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION, AWS_SHARED_CREDENTIALS_FILE), read by boto3.
+    model_repository: str | None = Field(
+        default=None, description="s3://bucket/prefix: publish every saved version there, pull what is missing"
+    )
+    # How often each worker checks the reload signal (in the shared store and in the repository) without traffic,
+    # and retries an unreachable repository: the bound on how long an idle replica serves an old generation.
+    sync_interval_seconds: float = Field(default=5.0, gt=0, le=3600)
+    # Names this replica's prediction log files and its entry in /models; the host (container) name when unset.
+    replica_name: str | None = Field(default=None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+    @field_validator("model_repository")
+    @classmethod
+    def _s3_url(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        if not re.fullmatch(r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^\s]*)?", value):
+            raise ValueError("must be s3://bucket or s3://bucket/prefix (a valid bucket name, no spaces)")
+        return value.rstrip("/")
 
 
 @cache

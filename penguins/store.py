@@ -3,12 +3,17 @@ and a registry that reloads on request and keeps every worker of a server on the
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
 import re
+import socket
+import tempfile
 import threading
 import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +23,15 @@ from penguins.contract import Penguin, Prediction
 from penguins.explain import CUSTOM_OBJECT as EXPLAIN_OBJECT
 from penguins.explain import Explainer, Explanation
 from penguins.predict import OnnxPredictor, Predictor, SklearnPredictor, columns_of
+from penguins.repository import Repository, RepositoryError
+
+logger = logging.getLogger(__name__)
 
 PROJECT = "palmer-penguins"
 MODEL_PREFIX = "penguins-"
-# Written by a reload, watched by every worker (and every server) that serves the same store.
-RELOAD_MARKER = "penguins-reload"
+# The reload signal: a file in the store itself, so every worker, process and container that serves the store sees
+# it. A dot-file: BentoML's own listing of the store looks at folders only.
+RELOAD_SIGNAL = ".penguins-reload"
 # Label set at save time by the promotion gate (penguins.gate): a version labelled rejected is kept, never served.
 STATUS_LABEL = "status"
 REJECTED = "rejected"
@@ -42,6 +51,25 @@ def endpoint_name(algorithm: str) -> str:
     return "classify_" + re.sub(r"\W", "_", algorithm)
 
 
+MAX_NAME_LENGTH = 40
+_NAME = re.compile(r"[a-z][a-z0-9]*(-[a-z0-9]+)*")
+
+
+def check_model_name(name: str) -> str:
+    """The one rule for a servable name (the part after `penguins-`); returns it, or raises ValueError saying why."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or len(name) > MAX_NAME_LENGTH:
+        raise ValueError(
+            f"invalid model name {name!r}: use lowercase letters and digits in words joined by single hyphens, "
+            f"starting with a letter, at most {MAX_NAME_LENGTH} characters (e.g. extra-trees)"
+        )
+    return name
+
+
+def route_of(name: str) -> str:
+    """A stored model's own route, from its model name alone (never from a label someone else may have written)."""
+    return "/" + endpoint_name(name.removeprefix(MODEL_PREFIX))
+
+
 def default_store_dir() -> Path:
     """BentoML's own model store: $BENTOML_HOME/models."""
     from bentoml._internal.configuration.containers import BentoMLContainer
@@ -50,6 +78,7 @@ def default_store_dir() -> Path:
 
 
 STORE_FAILURE = "model store"
+REPOSITORY_FAILURE = "model repository"
 
 
 @dataclass(frozen=True)
@@ -67,6 +96,16 @@ class StoredModel:
     tag: str
     algorithm: str
     path: Path
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A penguin-named model that is not served, why, and the one call that would serve it."""
+
+    name: str
+    tag: str | None
+    reason: str
+    fix: str
 
 
 @dataclass(frozen=True)
@@ -90,37 +129,53 @@ def scan(store_dir: Path) -> tuple[list[StoredModel], list[Failure]]:
     Per model name, the version served is BentoML's `latest` unless it is labelled `status=rejected`; then it is the
     newest complete version not labelled so (none: the name is not served).
     """
-    found, failures, _ = scan_with_rejected(store_dir, list_rejected=False)
+    found, failures, _, _ = scan_with_rejected(store_dir, list_rejected=False)
     return found, failures
 
 
 def scan_with_rejected(
     store_dir: Path, list_rejected: bool = True
-) -> tuple[list[StoredModel], list[Failure], list[RejectedVersion]]:
-    """`scan`, plus every version labelled rejected (newest first per name) when `list_rejected`."""
+) -> tuple[list[StoredModel], list[Failure], list[RejectedVersion], list[Skipped]]:
+    """`scan`, plus every version labelled rejected (newest first per name) when `list_rejected`, and the
+    penguin-named models that are not served (saved some other way, or under a name that cannot be a route)."""
     from bentoml._internal.models.model import Model
 
     found: list[StoredModel] = []
     failures: list[Failure] = []
     rejected: list[RejectedVersion] = []
+    skipped: list[Skipped] = []
     try:
         entries = sorted(store_dir.iterdir())
-    except OSError:
-        return found, failures, rejected  # no store yet, or it is gone for now: nothing to serve from it
+    except FileNotFoundError:
+        return found, failures, rejected, skipped  # no store yet, or gone for now (the registry keeps what it loaded)
+    except OSError as error:  # permission denied, a stale mount: a failure, never "the store is empty"
+        failures.append(Failure(STORE_FAILURE, f"cannot read the model store {store_dir} ({_reason(error)})"))
+        return found, failures, rejected, skipped
     for entry in entries:
         name = entry.name
-        if name.startswith(".") or not re.fullmatch(r"[a-z0-9][a-z0-9._-]*", name) or not entry.is_dir():
+        if name.startswith(".") or not re.fullmatch(r"[a-z0-9][a-z0-9._-]*", name):
             continue
         version = None
         try:
+            if not entry.is_dir():
+                continue
             version = _latest_version(entry)
             model = Model.from_path(entry / version)
+            if model.tag.name != name:
+                raise ValueError(f"its folder holds a copy of {model.tag} (a version must be its own model's)")
         except Exception as error:
             if name.startswith(MODEL_PREFIX):  # only our own names are worth a report
                 failures.append(Failure(name, _reason(error), f"{name}:{version}" if version else None))
             continue
         labels = model.info.labels
         if labels.get("project") != PROJECT:
+            if name.startswith(MODEL_PREFIX):  # penguin-named: never ignored silently
+                skipped.append(_skipped_unlabelled(name, str(model.tag)))
+            continue
+        try:
+            check_model_name(name.removeprefix(MODEL_PREFIX))
+        except ValueError as error:
+            skipped.append(Skipped(name, str(model.tag), str(error), "save it again under a valid name"))
             continue
         algorithm = labels.get("algorithm") or name.removeprefix(MODEL_PREFIX)
         others: list[tuple[str, Any]] | None = None
@@ -151,7 +206,17 @@ def scan_with_rejected(
                             other.info.creation_time.isoformat(timespec="seconds"),
                         )
                     )
-    return found, failures, rejected
+    return found, failures, rejected, skipped
+
+
+def _skipped_unlabelled(name: str, tag: str) -> Skipped:
+    short = name.removeprefix(MODEL_PREFIX)
+    return Skipped(
+        name,
+        tag,
+        "saved without this project's labels (not through the promotion gate), so it is not served",
+        f"penguins.training.train_and_save(pipeline_or_classifier, {short!r})",
+    )
 
 
 def _is_rejected(model: Any) -> bool:
@@ -165,15 +230,31 @@ def _complete_versions(model_dir: Path) -> list[tuple[str, Any]]:
 
     versions = []
     for path in model_dir.iterdir():
-        if path.name.startswith(".") or not path.is_dir():
+        if path.name.startswith(".") or not path.is_dir() or path.is_symlink():
             continue
         try:
             model = Model.from_path(path)
         except Exception:
             continue
+        if model.tag.name != model_dir.name:
+            continue
         versions.append((path.name, model))
     versions.sort(key=lambda vm: (vm[1].info.creation_time, vm[0]), reverse=True)
     return versions
+
+
+def local_versions(store_dir: Path) -> Iterator[tuple[str, Path]]:
+    """(tag, folder) of every readable version of this project's models in a store (what publishing may send)."""
+    try:
+        entries = sorted(store_dir.iterdir())
+    except OSError:
+        return
+    for entry in entries:
+        if not entry.name.startswith(MODEL_PREFIX) or not entry.is_dir():
+            continue
+        for version, model in _complete_versions(entry):
+            if model.info.labels.get("project") == PROJECT:
+                yield str(model.tag), entry / version
 
 
 def _latest_version(model_dir: Path) -> str:
@@ -181,9 +262,16 @@ def _latest_version(model_dir: Path) -> str:
     latest = model_dir / "latest"
     if latest.is_file():
         version = latest.read_text().strip()
-        if version and (model_dir / version).is_dir():
+        # A version is one folder inside its own model's folder: never a path to another model's.
+        if _VERSION.fullmatch(version) and (model_dir / version).is_dir() and not (model_dir / version).is_symlink():
             return version
+        if version and not _VERSION.fullmatch(version):
+            raise ValueError(f"{model_dir.name}'s 'latest' file names {version[:80]!r}, which is not a version")
     raise FileNotFoundError(f"{model_dir.name} has no complete version (no valid 'latest' file)")
+
+
+# BentoML's own rule for a tag's version; no dots at the ends, so never "." or "..".
+_VERSION = re.compile(r"[a-z0-9]([a-z0-9._-]{0,62}[a-z0-9])?")
 
 
 def _reason(error: BaseException) -> str:
@@ -266,12 +354,82 @@ class Snapshot:
     models: dict[str, LoadedModel] = field(default_factory=dict)
     failures: tuple[Failure, ...] = ()
     rejected: tuple[RejectedVersion, ...] = ()
+    skipped: tuple[Skipped, ...] = ()
 
     def best(self) -> LoadedModel | None:
         """The default model: highest cross-validated accuracy (ties broken by name)."""
         if not self.models:
             return None
         return max(self.models.values(), key=lambda m: (m.cv_accuracy, m.name))
+
+    def routes(self) -> dict[str, str]:
+        """Each served model's own route -> its name: what the service's per-model endpoints are."""
+        return {route_of(name): name for name in self.models}
+
+    def lookup(self, requested: str | None = None, explainable: bool = False) -> LoadedModel:
+        """The model a request asked for (name, algorithm or exact tag; None: the default one), or a typed error."""
+        from penguins.errors import NoModelLoaded, NotExplainable, UnknownModel
+
+        if not self.models:
+            raise NoModelLoaded()
+        chosen = self.best() if requested is None else self._find(requested)
+        if chosen is None:
+            served = list(self.models.values())
+            raise UnknownModel(requested or "", [m.name for m in served], [m.tag for m in served])
+        if explainable and chosen.explainer is None:
+            raise NotExplainable(chosen.tag)
+        return chosen
+
+    def _find(self, requested: str) -> LoadedModel | None:
+        name, _, version = requested.partition(":")
+        for model in self.models.values():
+            short = model.name.removeprefix(MODEL_PREFIX)
+            if name in (model.name, short, model.algorithm) and (not version or model.tag == f"{model.name}:{version}"):
+                return model
+        return None
+
+
+@dataclass(frozen=True)
+class Signal:
+    """Where a reload's signal was written (`store`: the shared store; `server`: this server's own, when the store
+    is read-only; `repository`: the bucket) and where it could not be."""
+
+    written: tuple[str, ...]
+    failed: tuple[tuple[str, str], ...] = ()  # (where, why)
+    pending: bool = False  # the repository's signal is owed: the periodic check writes it once it answers
+
+    @property
+    def reaches(self) -> str:
+        if "repository" in self.written:
+            return "every replica"
+        if "store" in self.written:
+            later = "; replicas elsewhere once the repository answers" if self.pending else ""
+            return "every replica sharing this store" + later
+        if "server" in self.written:
+            return "this server's workers only: other replicas were not told"
+        return "this worker only: other workers and replicas were not told"
+
+
+@dataclass(frozen=True)
+class RepositoryStatus:
+    url: str
+    reachable: bool | None  # None: not asked yet
+    unreachable_since: str | None
+    error: str | None
+    last_pull: str | None
+    incomplete: tuple[str, ...] = ()  # archives without a manifest: uploads in progress or interrupted
+    store_error: str | None = None  # why nothing could be pulled into the local store
+    signal_pending: bool = False
+
+
+@dataclass(frozen=True)
+class ReplicaStatus:
+    name: str
+    store: str
+    sync_interval_seconds: float | None  # None: no periodic check runs
+    last_check: str | None
+    signal_error: str | None  # the reload signal could not be read or written: what happened last
+    repository: RepositoryStatus | None
 
 
 @dataclass(frozen=True)
@@ -281,55 +439,235 @@ class Change:
     removed: list[str]
     failed: list[Failure]
     serving: list[str]
+    skipped: list[Skipped] = field(default_factory=list)
+    signal: Signal | None = None  # set by reload
+
+
+def replica_name() -> str:
+    """This replica's name: PENGUINS_REPLICA_NAME, else the host (in a container: the container's) name."""
+    from penguins.settings import get_settings
+
+    return get_settings().replica_name or re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname())[:64] or "replica"
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _signal_state(path: Path) -> tuple[int, int, int] | str | None:
+    """What a signal file looks like now (one stat): None when absent, a string when it cannot be read."""
+    try:
+        stat = os.stat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as error:
+        return f"cannot read {path} ({_reason(error)})"
+    return stat.st_ino, stat.st_mtime_ns, stat.st_size
+
+
+def _replace_file(path: Path, content: str) -> None:
+    """Write-then-rename: a new inode each time, so a reader never misses a change within one mtime tick."""
+    temporary = path.with_name(f"{path.name}.{uuid.uuid4().hex}")
+    try:
+        temporary.write_text(content)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except OSError:
+        return False
 
 
 class Registry:
-    """The loaded models of one worker process, cached by tag."""
+    """The loaded models of one worker process, cached by tag, and how the worker keeps up with the others.
 
-    def __init__(self, store_dir: Path, compiled: bool = True):
+    A reload re-reads the store (after pulling what the model repository has, when one is configured), then
+    signals: a file in the store itself (every worker, process and container serving that store sees it), this
+    server's own file when the store cannot be written (its other workers still follow), and the repository's
+    generation object (replicas on other machines). Each worker looks at the local signals on every request (one
+    stat each) and, every `sync_interval_seconds`, in a background check, at all of them: a replica without traffic
+    follows too, a repository that was unreachable is caught up with, a store that could not be read is read again.
+    Nothing that fails here takes the loaded models down: a store that vanished or cannot be read, a repository that
+    does not answer, a version that is corrupt are reported (reload, /models, the log) while the loaded models serve.
+    """
+
+    def __init__(
+        self, store_dir: Path, compiled: bool = True, repository: Repository | None = None, replica: str | None = None
+    ):
         self.store_dir = Path(store_dir)
         self.compiled = compiled
-        self.marker = self.store_dir.parent / RELOAD_MARKER
-        self._lock = threading.Lock()
-        self._snapshot = Snapshot()
-        self._seen: tuple[int, int] | None = None
-        self._loaded_once = False
+        self.repository = repository
+        self.replica = replica or replica_name()
+        self.signal_file = self.store_dir / RELOAD_SIGNAL
+        # Every worker of one `bentoml serve` has the same parent process: their own signal, for a read-only store.
+        key = hashlib.sha256(str(self.store_dir.absolute()).encode()).hexdigest()[:12]
+        self.server_signal = Path(tempfile.gettempdir()) / f"penguins-reload-{os.getppid()}-{key}"
+        # Called with the new snapshot after every refresh that changed it (served tags, failures or rejections),
+        # under the registry's lock, from the thread that refreshed: a request's (reload, a signal seen) or the
+        # periodic check's. A listener that raises is logged and the others still run.
+        self.listeners: list[Callable[[Snapshot], None]] = []
+        # Kept for a batch that was queued before its model was removed (it still finishes on it).
         self.retired: dict[str, LoadedModel] = {}
+        self._lock = threading.RLock()
+        self._snapshot = Snapshot()
+        self._loaded_once = False
+        self._seen: tuple[Any, Any] | None = None  # the local signals' state when last followed
+        self._seen_generation: str | None = None  # the repository's signal when last pulled
+        self._retry = False  # the store could not be read last time: the periodic check tries again
+        self._read_error: str | None = None  # the last local signal read, if it failed
+        self._write_failed: list[tuple[str, str]] = []  # where the last reload's signal could not be written
+        self._last_check: str | None = None
+        self._interval: float | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        # The repository as this worker last saw it.
+        self._reachable: bool | None = None
+        self._unreachable_since: str | None = None
+        self._repository_error: str | None = None
+        self._last_pull: str | None = None
+        self._pull_owed = repository is not None
+        self._signal_owed = False
+        self._incomplete: tuple[str, ...] = ()
+        self._pull_store_error: str | None = None
+        self._pull_failures: tuple[Failure, ...] = ()
 
     @property
     def snapshot(self) -> Snapshot:
         return self._snapshot
 
+    # -- what the service calls -------------------------------------------------------------------------------------
+
     def reload(self) -> Change:
-        """Re-read the store now, then tell the other workers to do the same."""
+        """Pull, re-read the store now, then signal every other worker and replica; the answer says how far the
+        signal got."""
         with self._lock:
-            change = self._refresh()
-            self._seen = self._touch_marker()
-        return change
+            change = self._refresh(pull=True, why="reload")
+            signal = self._write_signals()
+        return replace(change, signal=signal)
 
     def is_stale(self) -> bool:
-        """True when never loaded or another worker reloaded since: one stat() call."""
-        return not self._loaded_once or self._marker_state() != self._seen
+        """True when never loaded or a local signal changed since: one or two stat() calls, no network."""
+        return not self._loaded_once or self._local_state() != self._seen
 
     def sync(self) -> Snapshot:
-        """Catch up with a reload another worker did."""
+        """Catch up with a reload another worker or replica of this store signalled (the per-request path: the
+        repository is consulted only by the first load and the periodic check)."""
         if self.is_stale():
             with self._lock:
-                state = self._marker_state()
+                state = self._local_state()
                 if not self._loaded_once or state != self._seen:
-                    self._refresh()
+                    self._refresh(pull=not self._loaded_once, why="signal" if self._loaded_once else "start")
                     self._seen = state
+                    self._note_signal_read(state)
         return self._snapshot
 
-    def _refresh(self) -> Change:
-        stored, failures, rejected = scan_with_rejected(self.store_dir)
+    def check(self) -> None:
+        """The periodic check: the local signals, the repository's signal (one HEAD request), and retries of what
+        failed (a pull, a signal owed to the repository, a store that could not be read)."""
+        generation, reachable = None, False
+        if self.repository is not None:
+            try:
+                if self._signal_owed:
+                    generation = self.repository.signal(self.replica)
+                    self._signal_owed = False
+                    self._write_failed = [f for f in self._write_failed if f[0] != "repository"]
+                    logger.warning("reload signal written to %s now that it answers", self.repository.url)
+                else:
+                    generation = self.repository.generation()
+                self._mark_reachable()
+                reachable = True
+            except RepositoryError as error:
+                self._mark_unreachable(error)
+        with self._lock:
+            local = self._local_state()
+            pull = reachable and (self._pull_owed or generation != self._seen_generation)
+            if pull or not self._loaded_once or local != self._seen or self._retry:
+                self._refresh(pull=pull, why="periodic check")
+                self._seen = local
+                self._note_signal_read(local)
+                if pull and not self._pull_owed:
+                    self._seen_generation = generation
+        self._last_check = _now()
+
+    def start(self, interval: float) -> None:
+        """Run `check` every `interval` seconds in a daemon thread, until `stop`."""
+        if self._thread is not None:
+            return
+        self._interval = interval
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="penguins-sync", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10) -> None:
+        self._stop.set()
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join(timeout)
+
+    def status(self) -> ReplicaStatus:
+        repository = None
+        if self.repository is not None:
+            repository = RepositoryStatus(
+                url=self.repository.url,
+                reachable=self._reachable,
+                unreachable_since=self._unreachable_since,
+                error=self._repository_error,
+                last_pull=self._last_pull,
+                incomplete=self._incomplete,
+                store_error=self._pull_store_error,
+                signal_pending=self._signal_owed,
+            )
+        return ReplicaStatus(
+            name=self.replica,
+            store=str(self.store_dir),
+            sync_interval_seconds=self._interval,
+            last_check=self._last_check,
+            signal_error="; ".join(e for e in (self._read_error, *(w for _, w in self._write_failed)) if e) or None,
+            repository=repository,
+        )
+
+    # -- inside -----------------------------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        assert self._interval is not None
+        while not self._stop.wait(self._interval):
+            try:
+                self.check()
+            except Exception:  # the check must outlive any one failure; say what it was
+                logger.exception("periodic check of the model store failed")
+
+    def _local_state(self) -> tuple[Any, Any]:
+        return _signal_state(self.signal_file), _signal_state(self.server_signal)
+
+    def _note_signal_read(self, state: tuple[Any, Any]) -> None:
+        unreadable = next((s for s in state if isinstance(s, str)), None)
+        if unreadable and unreadable != self._read_error:
+            logger.error("reload signal: %s; this worker follows reloads only through its periodic check", unreadable)
+        self._read_error = unreadable
+
+    def _refresh(self, pull: bool, why: str) -> Change:
+        if pull and self.repository is not None:
+            self._pull()
+        stored, failures, rejected, skipped = scan_with_rejected(self.store_dir)
+        local_tags = {m.tag for m in stored} | {f.tag for f in failures if f.tag}
+        failures += [f for f in self._pull_failures if f.tag not in local_tags]
         current = self._snapshot.models
-        if current and not self.store_dir.is_dir():
-            # The store vanished (an unmounted volume, a folder moved away): keep serving what is loaded until it is
-            # back rather than turn every request into a 503. Removing one model's folder still removes that model.
-            reason = f"the model store {self.store_dir} is not there; serving the models loaded before"
-            gone = Failure(STORE_FAILURE, reason)
-            self._snapshot = Snapshot(current, (gone,), self._snapshot.rejected)
+        unreadable = next((f for f in failures if f.name == STORE_FAILURE), None)
+        self._retry = unreadable is not None
+        if current and (unreadable is not None or not _is_dir(self.store_dir)):
+            # The store vanished (an unmounted volume, a folder moved away) or cannot be read (permissions): keep
+            # serving what is loaded until it is back rather than turn every request into a 503. Removing one
+            # model's folder still removes that model.
+            self._retry = True
+            what = unreadable.reason if unreadable else f"the model store {self.store_dir} is not there"
+            gone = Failure(STORE_FAILURE, f"{what}; serving the models loaded before")
+            if gone not in self._snapshot.failures:
+                logger.error("%s", gone.reason)
+            self._replace(Snapshot(current, (gone,), self._snapshot.rejected, self._snapshot.skipped), why)
             return Change(added=[], updated=[], removed=[], failed=[gone], serving=[m.tag for m in current.values()])
         models: dict[str, LoadedModel] = {}
         for entry in stored:
@@ -345,9 +683,8 @@ class Registry:
         for failure in failures:
             if failure.name in current and failure.name not in models:
                 models[failure.name] = current[failure.name]
-        # Kept for a batch that was queued before its model was removed (it still finishes on it).
         self.retired = {n: m for n, m in current.items() if n not in models}
-        self._snapshot = Snapshot(dict(sorted(models.items())), tuple(failures), tuple(rejected))
+        self._replace(Snapshot(dict(sorted(models.items())), tuple(failures), tuple(rejected), tuple(skipped)), why)
         self._loaded_once = True
         return Change(
             added=[m.tag for n, m in models.items() if n not in current],
@@ -359,22 +696,95 @@ class Registry:
             removed=[m.tag for n, m in current.items() if n not in models],
             failed=failures,
             serving=[m.tag for m in models.values()],
+            skipped=skipped,
         )
 
-    def _marker_state(self) -> tuple[int, int] | None:
-        try:
-            stat = os.stat(self.marker)
-        except OSError:
-            return None
-        return stat.st_ino, stat.st_mtime_ns
+    def _replace(self, snapshot: Snapshot, why: str) -> None:
+        """Serve `snapshot` if it differs from what is served, and tell the listeners."""
+        old = self._snapshot
+        if (
+            {n: m.tag for n, m in old.models.items()} == {n: m.tag for n, m in snapshot.models.items()}
+            and old.failures == snapshot.failures
+            and old.rejected == snapshot.rejected
+            and old.skipped == snapshot.skipped
+        ):
+            return
+        self._snapshot = snapshot
+        if {m.tag for m in old.models.values()} != {m.tag for m in snapshot.models.values()}:
+            logger.info(
+                "replica %s now serves %s (after a %s)",
+                self.replica,
+                ", ".join(m.tag for m in snapshot.models.values()) or "nothing",
+                why,
+            )
+        for listener in list(self.listeners):
+            try:
+                listener(snapshot)
+            except Exception:  # one listener's fault must not stop the others, nor the reload
+                logger.exception("model registry listener %r failed", listener)
 
-    def _touch_marker(self) -> tuple[int, int] | None:
-        # Write-then-rename: a new inode each time, so a reader never misses a change within one mtime tick.
+    def _pull(self) -> None:
+        assert self.repository is not None
         try:
-            self.marker.parent.mkdir(parents=True, exist_ok=True)
-            temporary = self.marker.with_name(f".{RELOAD_MARKER}.{uuid.uuid4().hex}")
-            temporary.write_text(uuid.uuid4().hex)
-            os.replace(temporary, self.marker)
-        except OSError:
-            return None  # read-only home: this worker still reloaded; others catch up on their own reload
-        return self._marker_state()
+            result = self.repository.pull(self.store_dir)
+        except RepositoryError as error:
+            self._mark_unreachable(error)
+            self._pull_owed = True
+            return
+        self._mark_reachable()
+        self._pull_owed = False
+        self._last_pull = _now()
+        self._incomplete = tuple(result.incomplete)
+        if result.store_error and result.store_error != self._pull_store_error:
+            logger.error("model repository: %s", result.store_error)
+        self._pull_store_error = result.store_error
+        self._pull_failures = tuple(Failure(f.name, f.reason, f.tag) for f in result.failures)
+
+    def _mark_unreachable(self, error: Exception) -> None:
+        if self._reachable is not False:
+            self._unreachable_since = _now()
+            logger.error("model repository unreachable (%s); the loaded models keep serving", error)
+        self._reachable = False
+        self._repository_error = str(error)
+
+    def _mark_reachable(self) -> None:
+        if self._reachable is False:
+            logger.warning(
+                "model repository %s answers again (unreachable since %s)",
+                self.repository.url if self.repository else "",
+                self._unreachable_since,
+            )
+        self._reachable = True
+        self._unreachable_since = None
+        self._repository_error = None
+
+    def _write_signals(self) -> Signal:
+        written: list[str] = []
+        failed: list[tuple[str, str]] = []
+        token = uuid.uuid4().hex
+        try:
+            _replace_file(self.signal_file, token)
+            written.append("store")
+        except OSError as error:
+            failed.append(("store", f"cannot write {self.signal_file} ({_reason(error)})"))
+            try:
+                _replace_file(self.server_signal, token)
+                written.append("server")
+            except OSError as other:
+                failed.append(("server", f"cannot write {self.server_signal} ({_reason(other)})"))
+        pending = False
+        if self.repository is not None:
+            try:
+                self._seen_generation = self.repository.signal(self.replica)
+                self._signal_owed = False
+                written.append("repository")
+                self._mark_reachable()
+            except RepositoryError as error:
+                failed.append(("repository", f"{error} (written by the periodic check once it answers)"))
+                self._signal_owed = pending = True
+                self._mark_unreachable(error)
+        self._seen = self._local_state()
+        self._write_failed = failed
+        for where, why in failed:
+            logger.error("reload signal not written to the %s: %s", where, why)
+        return Signal(tuple(written), tuple(failed), pending)

@@ -1,15 +1,16 @@
-"""Fixes for BentoML 1.4.39's serving internals (`apply`, `spread_connections`), and for CPython's garbage collector
-under server load (`freeze_heap`), run in each worker, never at import.
+"""Fixes for BentoML 1.4.39's serving internals (`apply`, `serve_apis`, `spread_connections`), and for CPython's
+garbage collector under server load (`freeze_heap`), run in each worker, never at import.
 
-Each BentoML fix patches one method of a BentoML class (one module function: `publish_alternatives`), so it reaches
-the instances BentoML has already built; `spread_connections` changes no BentoML code, only the listening socket
-BentoML's worker inherited. Each is idempotent, and names the BentoML version it was written for (1.4.39) and the
+Each fix in `apply` patches one method of a BentoML class (one module function: `publish_alternatives`), so it
+reaches the instances BentoML has already built; `serve_apis` swaps APIs into a running app; `spread_connections`
+changes no BentoML code, only the listening socket BentoML's worker inherited. Each is idempotent, and names the BentoML version it was written for (1.4.39) and the
 upstream issue if there is one. Re-check them when upgrading BentoML.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import logging
 import os
@@ -24,6 +25,68 @@ logger = logging.getLogger(__name__)
 # Put in the `Annotated[...]` of an API's output type: BentoML then sends what the API returns as JSON as it is,
 # without validating it against that type again (`send_answers_as_returned`).
 AS_RETURNED = "penguins: sent as returned"
+
+
+def serve_apis(app: Any, apis: dict[str, Any]) -> None:
+    """Make a running BentoML 1.4.39 app serve exactly `apis` (name -> APIMethod) besides the service's own.
+
+    BentoML fixes a service's routes when its app is built (upstream issue #4460: no way to add endpoints to a
+    running service). Its ASGI app looks every API up by name at request time, though — the method in
+    `service.apis`, the callable on the service instance, the batching dispatcher in its app factory — and
+    `/docs.json` and `/schema.json` are generated from `service.apis` on every request. So adding an API is: a
+    dispatcher (when batchable), the instance's callable, a new `apis` dict and a new route list, each swapped in whole
+    so a request in flight reads either the old or the new one. Call it on the event loop.
+    """
+    from _bentoml_impl.server.app import ServiceAppFactory
+    from bentoml._internal.marshal.dispatcher import CorkDispatcher
+    from bentoml._internal.runner.container import AutoContainer
+    from bentoml.exceptions import ServiceUnavailable
+    from starlette.routing import Route
+
+    router = app.router
+    factory = next(
+        r.endpoint.func.__self__
+        for r in router.routes
+        if isinstance(getattr(r, "endpoint", None), functools.partial)
+        and isinstance(getattr(r.endpoint.func, "__self__", None), ServiceAppFactory)
+    )
+    service, instance = factory.service, factory._service_instance
+    own = getattr(factory, "_penguins_own_apis", None)
+    if own is None:  # the first call: what the service declared itself
+        own = factory._penguins_own_apis = dict(service.apis)
+        factory._penguins_added_apis = {}
+    before = factory._penguins_added_apis
+
+    def overloaded() -> None:
+        raise ServiceUnavailable("process is overloaded")
+
+    for name, method in apis.items():
+        if method.batchable and name not in factory.dispatchers:
+            factory.dispatchers[name] = CorkDispatcher(
+                max_latency_in_ms=method.max_latency_ms,
+                max_batch_size=method.max_batch_size,
+                fallback=overloaded,
+                get_batch_size=functools.partial(AutoContainer.get_batch_size, batch_dim=method.batch_dim[0]),
+                batch_dim=method.batch_dim,
+            )
+        if name not in instance.__dict__:
+            local = functools.partial(method.func, instance)
+            local.local = local  # what the app calls: `getattr(instance, name).local`
+            instance.__dict__[name] = local
+    service.apis = {**own, **apis}
+    factory._penguins_added_apis = dict(apis)
+
+    kept = [r for r in router.routes if getattr(r, "name", None) not in before]
+    new = [
+        Route(method.route, functools.partial(factory.api_endpoint_wrapper, name), methods=["POST"], name=name)
+        for name, method in apis.items()
+    ]
+    # After the service's own API routes, before the mounted apps (a mount could match a prefix first).
+    at = max((i + 1 for i, r in enumerate(kept) if getattr(r, "name", None) in own), default=len(kept))
+    router.routes = [*kept[:at], *new, *kept[at:]]
+    for name in before.keys() - apis.keys():
+        # A request already queued in its dispatcher still finishes; the callable goes with the route.
+        instance.__dict__.pop(name, None)
 
 
 def apply(max_batch_wait_ms: float) -> None:

@@ -13,6 +13,7 @@ os.environ["BENTOML_DO_NOT_TRACK"] = "true"
 os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="penguins-tests-home-")
 os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="penguins-tests-prom-")
 os.environ["PENGUINS_LOG_DIR"] = tempfile.mkdtemp(prefix="penguins-tests-logs-")
+os.environ.pop("PENGUINS_MODEL_REPOSITORY", None)  # a developer's own repository must never get test models
 
 import pytest  # noqa: E402
 
@@ -35,10 +36,12 @@ def small_frame(frame):
 
 @pytest.fixture(scope="session")
 def trained(frame):
-    """Every algorithm trained on the full data and saved into the session's store, once."""
-    from penguins.training import ALGORITHMS, save, train
+    """Every algorithm trained on the full data and saved (through the gate: all promoted, the store is empty) into
+    the session's store, once."""
+    from penguins.gate import save_gated
+    from penguins.training import ALGORITHMS, train
 
-    return {algorithm: (model, save(model)) for algorithm in ALGORITHMS for model in [train(algorithm, frame)]}
+    return {algorithm: (model, save_gated(model)[0]) for algorithm in ALGORITHMS for model in [train(algorithm, frame)]}
 
 
 @pytest.fixture(scope="session")
@@ -157,7 +160,9 @@ def postgres_server():
     yield from _database(postgres)
 
 
-@pytest.fixture(params=["sqlite", "mariadb", "postgresql"])
+@pytest.fixture(
+    params=["sqlite", pytest.param("mariadb", marks=pytest.mark.db), pytest.param("postgresql", marks=pytest.mark.db)]
+)
 def db_url(request, tmp_path):
     """A database with none of this project's tables: a SQLite file, or the session's MariaDB or PostgreSQL."""
     if request.param == "sqlite":
@@ -172,3 +177,16 @@ def db_url(request, tmp_path):
     metadata.drop_all(engine)
     engine.dispose()
     yield url
+
+
+# Every test runs in one tier, named by a marker (pyproject.toml lists them). Tests that start nothing are `unit`,
+# those on the service's ASGI app in this process `inprocess`: together the inner loop (`pytest -m "unit or
+# inprocess"`). The others say their tier themselves (a real server, a browser, containers, databases, ...).
+IN_PROCESS_FIXTURES = {"client", "svc"}
+
+
+def pytest_collection_modifyitems(config, items):
+    tiers = {line.split(":")[0].strip() for line in config.getini("markers")}
+    for item in items:
+        if not {m.name for m in item.iter_markers()} & tiers:
+            item.add_marker("inprocess" if IN_PROCESS_FIXTURES & set(item.fixturenames) else "unit")

@@ -23,15 +23,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_train(home: Path, *args: str) -> subprocess.CompletedProcess:
-    """The real CLI, in its own process, into the store under `home`."""
+def run_train(home: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """The real CLI, in its own process, into the store under `home` (`check`: raise unless it exits 0)."""
     return subprocess.run(
         [sys.executable, str(ROOT / "train.py"), "--store", str(home), *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=300,
-        check=True,
+        check=check,
     )
 
 
@@ -86,9 +86,15 @@ class Server(str):
 
 @contextlib.contextmanager
 def serve(
-    home: Path, log: Path, target: str = "service:PenguinClassifier", timeout: float = 90, **env: str
+    home: Path,
+    log: Path,
+    target: str = "service:PenguinClassifier",
+    timeout: float = 90,
+    wrap: tuple[str, ...] = (),
+    **env: str,
 ) -> Iterator[Server]:
-    """`bentoml serve <target>` over the store under `home`; yields the base URL once live."""
+    """`bentoml serve <target>` over the store under `home`; yields the base URL once live. `wrap` goes before the
+    command (a mount namespace, dropped capabilities): it must exec the command in the same process group."""
     port = free_port()
     environment = {
         **os.environ,
@@ -98,7 +104,7 @@ def serve(
         **env,
     }
     environment.pop("PROMETHEUS_MULTIPROC_DIR", None)  # the server manages its own
-    command = [sys.executable, "-m", "bentoml", "serve", target, "--host", "127.0.0.1", "--port", str(port)]
+    command = [*wrap, sys.executable, "-m", "bentoml", "serve", target, "--host", "127.0.0.1", "--port", str(port)]
     url = f"http://127.0.0.1:{port}"
     with running(command, log, environment, f"{url}/livez", timeout) as process:
         yield Server(url, process)

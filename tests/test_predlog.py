@@ -49,6 +49,7 @@ def test_rotation_counts_what_an_earlier_worker_left_in_the_file(tmp_path):
     earlier = PredictionLog(tmp_path, max_bytes=2000, backups=1, worker=3)
     while earlier.path.stat().st_size < 1900:
         earlier.write("before", "/classify", b"{}", b"[]", 0.001)
+    earlier.close()  # the earlier worker exited
     PredictionLog(tmp_path, max_bytes=2000, backups=1, worker=3).write("after", "/classify", b"{}", b"[]", 0.001)
     live, backup = tmp_path / "predictions-w3.jsonl", tmp_path / "predictions-w3.jsonl.1"
     assert [json.loads(line)["request_id"] for line in live.read_text().splitlines()] == ["after"]
@@ -76,7 +77,7 @@ def test_the_log_is_on_by_default_beside_the_store(tmp_path, monkeypatch):
     from penguins.settings import Settings
 
     monkeypatch.setattr("penguins.serving.default_store_dir", lambda: tmp_path / "home" / "models")
-    gateway = Gateway(app=None, model_routes={}, settings=Settings(log_dir=None))
+    gateway = Gateway(app=None, settings=Settings(log_dir=None))
     assert gateway.prediction_log().path.parent == tmp_path / "home" / "prediction-logs"
 
 
@@ -86,5 +87,33 @@ def test_an_unwritable_log_directory_disables_the_log_not_the_service(tmp_path):
 
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    gateway = Gateway(app=None, model_routes={}, settings=Settings(log_dir=blocker / "logs"))
+    gateway = Gateway(app=None, settings=Settings(log_dir=blocker / "logs"))
     assert gateway.prediction_log() is None and gateway.prediction_log() is None  # and it does not retry each time
+
+
+def test_replicas_on_one_log_volume_write_and_rotate_only_their_own_files(tmp_path):
+    """Two replicas' worker 1 on one shared folder: separate files, and one's rotation leaves the other's alone."""
+    a = PredictionLog(tmp_path, max_bytes=2000, backups=2, worker=1, replica="api-a")
+    b = PredictionLog(tmp_path, max_bytes=2000, backups=2, worker=1, replica="api-b")
+    assert a.path.name == "predictions-api-a-w1.jsonl" and b.path.name == "predictions-api-b-w1.jsonl"
+    b.write("b0", "/classify", b"{}", b"[]", 0.001)
+    for i in range(100):  # several rotations of a's files
+        a.write(f"a{i}", "/classify", b"{}", b"[]", 0.001)
+    b.write("b1", "/classify", b"{}", b"[]", 0.001)
+    assert [json.loads(line)["request_id"] for line in b.path.read_text().splitlines()] == ["b0", "b1"]
+    assert sorted(p.name for p in tmp_path.glob("predictions-api-b-*")) == ["predictions-api-b-w1.jsonl"]
+    assert len(list(tmp_path.glob("predictions-api-a-w1.jsonl*"))) == 3
+    everything = read_prediction_log(tmp_path)  # the README's read-back reads every replica's files
+    assert {"b0", "b1", "a99"} <= set(everything["request_id"])
+
+
+def test_a_second_live_writer_of_the_same_name_gets_its_own_file(tmp_path):
+    """Two servers on one host with one log folder and no PENGUINS_REPLICA_NAME: same host name, same worker index.
+    The second must not append to (and later rotate) the first one's file."""
+    first = PredictionLog(tmp_path, max_bytes=10_000, backups=1, worker=1, replica="host")
+    second = PredictionLog(tmp_path, max_bytes=10_000, backups=1, worker=1, replica="host")
+    assert first.path != second.path and second.path.name == f"predictions-host-w1-p{os.getpid()}.jsonl"
+    first.write("one", "/classify", b"{}", b"[]", 0.001)
+    second.write("two", "/classify", b"{}", b"[]", 0.001)
+    assert [json.loads(line)["request_id"] for line in first.path.read_text().splitlines()] == ["one"]
+    assert [json.loads(line)["request_id"] for line in second.path.read_text().splitlines()] == ["two"]

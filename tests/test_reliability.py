@@ -33,11 +33,12 @@ BODY = {"penguins": [EXAMPLE_PENGUIN]}
 SAVER = """
 import sys
 from penguins.data import load_penguins
-from penguins.training import save, train
+from penguins.gate import save_gated
+from penguins.training import train
 frame = load_penguins()
 for seed in range(int(sys.argv[1]), int(sys.argv[2])):
-    for algorithm in sys.argv[3:]:
-        print(save(train(algorithm, frame, seed=seed)), flush=True)
+    for algorithm in sys.argv[3:]:  # gate=False: every version is served, as train.py --no-gate
+        print(save_gated(train(algorithm, frame, seed=seed), gate=False)[0], flush=True)
 """
 
 

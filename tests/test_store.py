@@ -1,10 +1,18 @@
 """The store as the service sees it: a dirty store is tolerated, changes are reported, models cached by tag."""
 
+import json
+import os
 import shutil
+import subprocess
+import sys
+import time
+
+import pytest
 
 from penguins.contract import Penguin, Prediction
-from penguins.store import STORE_FAILURE, Registry, model_name, scan
-from tests.conftest import version_dir
+from penguins.repository import PULL_LOCK, UNPACKING
+from penguins.store import RELOAD_SIGNAL, STORE_FAILURE, Registry, check_model_name, model_name, route_of, scan
+from tests.conftest import ROOT, version_dir
 
 
 def test_scan_finds_every_penguin_model(store, trained):
@@ -135,3 +143,175 @@ def test_a_half_written_new_version_keeps_the_old_one_serving(store):
     change = registry.reload()
     assert [f.tag for f in change.failed] == [f"{model_name('knn')}:halfwritten"]
     assert change.removed == [] and registry.snapshot.models[model_name("knn")] is old
+
+
+def test_a_penguin_named_model_saved_without_the_gate_is_skipped_with_the_call_that_would_serve_it(store):
+    plain = store / model_name("decision-tree")
+    shutil.copytree(version_dir(store, "knn").parent, plain)
+    for yaml in plain.glob("*/model.yaml"):
+        text = yaml.read_text().replace(model_name("knn"), model_name("decision-tree"))
+        yaml.write_text(text.replace("project: palmer-penguins", "project: elsewhere"))
+    registry = Registry(store)
+    change = registry.reload()
+    (skipped,) = change.skipped
+    assert skipped.name == model_name("decision-tree") and "labels" in skipped.reason
+    assert "train_and_save" in skipped.fix and "'decision-tree'" in skipped.fix
+    assert registry.snapshot.skipped == (skipped,)
+    assert model_name("decision-tree") not in registry.snapshot.models
+
+
+def test_a_latest_file_pointing_into_another_model_is_refused(store):
+    knn_version = version_dir(store, "knn").name
+    (store / model_name("svm") / "latest").write_text(f"../{model_name('knn')}/{knn_version}")
+    registry = Registry(store)
+    change = registry.reload()
+    assert model_name("svm") not in registry.snapshot.models
+    (failure,) = change.failed
+    assert failure.name == model_name("svm") and "not a version" in failure.reason
+
+
+def test_a_version_copied_from_another_model_is_refused(store):
+    # Same effect as a crafted `latest`: svm's latest version is knn's model.
+    svm_dir = store / model_name("svm")
+    shutil.copytree(version_dir(store, "knn"), svm_dir / "copied")
+    (svm_dir / "latest").write_text("copied")
+    registry = Registry(store)
+    registry.reload()
+    assert model_name("svm") not in registry.snapshot.models
+    assert {f.name for f in registry.snapshot.failures} == {model_name("svm")}
+
+
+def test_routes_come_from_model_names_alone(store):
+    # An `algorithm` label that disagrees with the name changes nothing about the route.
+    yaml = version_dir(store, "knn") / "model.yaml"
+    yaml.write_text(yaml.read_text().replace("algorithm: knn", "algorithm: <b>svm</b>"))
+    registry = Registry(store)
+    registry.reload()
+    routes = registry.snapshot.routes()
+    assert routes["/classify_knn"] == model_name("knn")
+    assert len(routes) == 5 and all(route == route_of(name) for route, name in routes.items())
+
+
+@pytest.mark.parametrize("name", ["extra-trees", "mlp", "a1", "x" * 40])
+def test_valid_model_names(name):
+    assert check_model_name(name) == name
+
+
+@pytest.mark.parametrize(
+    "name", ["", "Extra", "extra_trees", "extra--trees", "-extra", "extra-", "1mlp", "x" * 41, "a b", "../x"]
+)
+def test_invalid_model_names_say_why(name):
+    with pytest.raises(ValueError, match="invalid model name"):
+        check_model_name(name)
+
+
+def test_the_reload_signal_lives_in_the_store_itself(store, tmp_path):
+    """Two servers with their own BENTOML_HOME and the same models folder (here through a symlink, as a shared
+    volume would be): a reload on one is seen by the other, and BentoML's own listing still reads the store."""
+    other_home = tmp_path / "other-home"
+    other_home.mkdir()
+    (other_home / "models").symlink_to(store)
+    a, b = Registry(store), Registry(other_home / "models")
+    a.sync(), b.sync()
+    shutil.rmtree(store / model_name("knn"))
+    change = a.reload()
+    assert change.signal.written == ("store",) and change.signal.reaches == "every replica sharing this store"
+    assert (store / RELOAD_SIGNAL).is_file()
+    assert b.is_stale() and model_name("knn") not in b.sync().models
+    # What a pull leaves in the store's root while it runs: its lock, a download, a folder being unpacked.
+    (store / PULL_LOCK).touch()
+    (store / ".penguins-pull-0123.part").write_bytes(b"partial")
+    unpacking = store / f"{UNPACKING}0123"
+    unpacking.mkdir()
+    (unpacking / "model.yaml").write_text("name: half")
+    assert len(scan(store)[0]) == 4 and scan(store)[1] == []
+    listed = subprocess.run(
+        [sys.executable, "-m", "bentoml", "models", "list", "-o", "json"],
+        env={**os.environ, "BENTOML_HOME": str(other_home)},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert len(json.loads(listed.stdout)) == 4  # none of them is an entry to BentoML
+
+
+def test_a_store_that_cannot_take_the_signal_reaches_this_servers_workers_and_says_so(store):
+    (store / RELOAD_SIGNAL).mkdir()  # the signal cannot be written there, as on a read-only mount
+    worker_1, worker_2 = Registry(store), Registry(store)  # two workers of one server (one parent process)
+    try:
+        worker_1.sync(), worker_2.sync()
+        shutil.rmtree(store / model_name("knn"))
+        signal = worker_1.reload().signal
+        assert signal.written == ("server",) and signal.failed[0][0] == "store"
+        assert signal.reaches.startswith("this server's workers only")
+        assert RELOAD_SIGNAL in worker_1.status().signal_error
+        assert model_name("knn") not in worker_2.sync().models
+    finally:
+        worker_1.server_signal.unlink(missing_ok=True)
+
+
+def test_listeners_hear_of_every_change_and_only_of_changes(store):
+    registry = Registry(store)
+    heard = []
+    registry.listeners.append(lambda snapshot: heard.append(sorted(snapshot.models)))
+    registry.reload()
+    registry.reload()  # nothing changed: no call
+    assert len(heard) == 1 and len(heard[0]) == 5
+    shutil.rmtree(store / model_name("knn"))
+    registry.reload()
+    assert len(heard) == 2 and model_name("knn") not in heard[1]
+
+
+def test_the_periodic_check_follows_a_reload_without_any_traffic(store):
+    a, b = Registry(store), Registry(store)
+    a.sync(), b.sync()
+    b.start(interval=0.2)
+    try:
+        shutil.rmtree(store / model_name("knn"))
+        a.reload()
+        deadline = time.monotonic() + 60
+        while model_name("knn") in b.snapshot.models and time.monotonic() < deadline:
+            time.sleep(0.05)  # reads only what b holds: no sync() call, nothing a request would do
+        assert model_name("knn") not in b.snapshot.models
+        assert b.status().last_check is not None and b.status().sync_interval_seconds == 0.2
+    finally:
+        b.stop()
+    assert b._thread is None
+
+
+UNREADABLE = """
+import json, os, sys
+from penguins.store import Registry
+store = sys.argv[1]
+registry = Registry(store)
+first = registry.reload()
+os.chmod(store, 0)
+denied = registry.reload()
+served = sorted(registry.snapshot.models)
+os.chmod(store, 0o755)
+back = registry.reload()
+print(json.dumps({"first": first.serving, "denied": [f.__dict__ for f in denied.failed], "served": served,
+                  "denied_serving": denied.serving, "back": back.serving, "back_failed": len(back.failed)}))
+"""
+
+
+def test_an_unreadable_store_is_a_failure_that_keeps_the_loaded_models_serving(store):
+    # As root, permissions are not checked: run without the capabilities that bypass them (CAP_DAC_*).
+    prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--"] if os.geteuid() == 0 else []
+    if prefix and shutil.which("setpriv") is None:
+        pytest.fail("setpriv (util-linux) is needed to drop root's permission bypass")
+    result = subprocess.run(
+        [*prefix, sys.executable, "-c", UNREADABLE, str(store)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    seen = json.loads(result.stdout.splitlines()[-1])
+    assert len(seen["first"]) == 5
+    (failure,) = seen["denied"]
+    assert failure["name"] == STORE_FAILURE and "PermissionError" in failure["reason"]
+    assert "serving the models loaded before" in failure["reason"]
+    assert len(seen["served"]) == 5 and sorted(seen["denied_serving"]) == sorted(seen["first"])
+    assert sorted(seen["back"]) == sorted(seen["first"]) and seen["back_failed"] == 0
