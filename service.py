@@ -19,6 +19,7 @@ from penguins.coalesce import Coalesced, reloads_counter
 from penguins.contract import Penguin
 from penguins.errors import answers_errors
 from penguins.explain import DEFAULT_NEIGHBOURS, MAX_NEIGHBOURS, Explanation, TrainingMap
+from penguins.predlog import worker_index
 from penguins.serving import (
     MODEL_ROUTE_PREFIX,
     Gateway,
@@ -30,6 +31,7 @@ from penguins.serving import (
     get_registry,
     listing,
     report,
+    server_config,
 )
 from penguins.settings import get_settings
 
@@ -42,15 +44,7 @@ def _json(status: int, body: bytes | str) -> Response:
     return Response(body, status_code=status, media_type="application/json")
 
 
-@bentoml.service(
-    name="penguin_classifier",
-    workers=settings.workers,
-    threads=settings.threads,
-    traffic={"timeout": 60},
-    http={"cors": {"enabled": True, "access_control_allow_origins": settings.cors_origins}}
-    if settings.cors_origins
-    else {},
-)
+@bentoml.service(name="penguin_classifier", **server_config(settings))
 class PenguinClassifier:
     """Palmer Penguins species classifiers from the BentoML model store.
 
@@ -66,7 +60,8 @@ class PenguinClassifier:
         # Without traffic too, each worker follows reloads signalled elsewhere (docs/replicas.md).
         self.registry.start(settings.sync_interval_seconds)
         self.reloads = Coalesced(self._reload_now, on_run=reloads_counter().inc)
-        workarounds.freeze_heap()  # last: what was loaded above lives as long as the worker
+        workarounds.freeze_heap()  # what was loaded above lives as long as the worker
+        workarounds.spread_connections(worker_index())  # last: from here on the kernel routes connections to us
 
     @bentoml.on_shutdown
     def stop_sync(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any, Protocol
 
 import numpy as np
@@ -18,9 +19,22 @@ PROBABILITY_TOLERANCE = 0.1
 MISSING_CATEGORY = ""
 
 
-def columns_of(penguins: Sequence[Penguin]) -> dict[str, list[Any]]:
-    """Column-wise values in contract order: what both predictors take, without building objects per row."""
-    return {feature: [getattr(p, feature) for p in penguins] for feature in FEATURES}
+_ROW = attrgetter(*FEATURES)
+
+
+def columns_of(penguins: Sequence[Penguin | tuple]) -> dict[str, list[Any]]:
+    """Column-wise values in contract order: what both predictors take.
+
+    Takes `Penguin`s, `FEATURES`-ordered tuples (a columnar request's rows) or both (a batch of several requests);
+    a columnar request's own columns (`PenguinRows.columns`) are used as they are.
+    """
+    columns = getattr(penguins, "columns", None)
+    if isinstance(columns, dict):
+        return columns
+    rows = [p if type(p) is tuple else _ROW(p) for p in penguins]
+    if not rows:
+        return {feature: [] for feature in FEATURES}
+    return {feature: list(values) for feature, values in zip(FEATURES, zip(*rows, strict=True), strict=True)}
 
 
 def columns_from_frame(frame: pd.DataFrame) -> dict[str, list[Any]]:

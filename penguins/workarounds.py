@@ -1,8 +1,10 @@
-"""Fixes for BentoML 1.4.39's serving internals (`apply`), and for CPython's garbage collector under server load
-(`freeze_heap`), run in each worker, never at import.
+"""Fixes for BentoML 1.4.39's serving internals (`apply`, `serve_apis`, `spread_connections`), and for CPython's
+garbage collector under server load (`freeze_heap`), run in each worker, never at import.
 
-Each BentoML fix patches one method of a BentoML class, so it reaches the instances BentoML has already built; each
-is idempotent. Re-check them when upgrading BentoML.
+Each fix in `apply` patches one method of a BentoML class (one module function: `publish_alternatives`), so it
+reaches the instances BentoML has already built; `serve_apis` swaps APIs into a running app; `spread_connections`
+changes no BentoML code, only the listening socket BentoML's worker inherited. Each is idempotent, and names the
+BentoML version it was written for (1.4.39) and the upstream issue if there is one. Re-check them when upgrading.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import asyncio
 import functools
 import gc
 import logging
+import os
+import socket
 import sys
 from functools import wraps
 from typing import Any
@@ -21,6 +25,11 @@ VALIDATED_JSON = "penguins.validated_json"
 UNMATCHED_PATH = "<unmatched>"  # the metrics' endpoint label for every path no route takes
 
 logger = logging.getLogger(__name__)
+
+
+# Put in the `Annotated[...]` of an API's output type: BentoML then sends what the API returns as JSON as it is,
+# without validating it against that type again (`send_answers_as_returned`).
+AS_RETURNED = "penguins: sent as returned"
 
 
 def serve_apis(app: Any, apis: dict[str, Any]) -> None:
@@ -93,6 +102,126 @@ def apply(max_batch_wait_ms: float, big_body_bytes: int | None = None, keep_json
     quiet_client_errors()
     if big_body_bytes is not None:
         validate_off_the_loop(big_body_bytes, keep_json)
+    keep_requests_whole()
+    send_answers_as_returned()
+    publish_alternatives()
+    bind_api_methods_once()
+
+
+def bind_api_methods_once() -> None:
+    """Bind each API method to the service instance once, not on every attribute access.
+
+    BentoML 1.4.39's `APIMethod.__get__` builds a new caller on every access, with `inspect.signature` of the
+    function and `functools.wraps`, and the server looks the method up twice per request (the endpoint, then the
+    batch): ~7% of a small request's CPU. The caller depends only on the method and the instance, so the instance
+    keeps its callers (a cycle through the instance: freed with it by the collector). No upstream issue.
+    """
+    from _bentoml_sdk.method import APIMethod
+
+    bind = APIMethod.__dict__["_local_call"]
+    if getattr(bind, "binds_once", False):
+        return
+
+    def _local_call(self: APIMethod, instance: Any) -> Any:
+        callers = getattr(instance, "__dict__", None)
+        if callers is None:  # no place to keep it: as BentoML does
+            return bind(self, instance)
+        per_method = callers.setdefault("_penguins_api_callers", {})
+        caller = per_method.get(self.name)
+        if caller is None or caller.func is not self.func:
+            caller = per_method[self.name] = bind(self, instance)
+        return caller
+
+    _local_call.binds_once = True  # type: ignore[attr-defined]
+    APIMethod._local_call = _local_call
+
+
+def publish_alternatives() -> None:
+    """Keep an argument's alternatives (`anyOf`) in the OpenAPI document and `/schema.json`.
+
+    BentoML 1.4.39 (`_bentoml_sdk.method._flatten_field`) replaces every `anyOf` by its first option, meant for
+    `X | None`: `penguins`, a list of penguins or one list per field, was published as the list alone. An `anyOf` of
+    one option besides null is still flattened as before. No upstream issue.
+    """
+    from _bentoml_sdk import method
+
+    flatten = method._flatten_field
+    if getattr(flatten, "keeps_alternatives", False):
+        return
+
+    def _flatten_field(schema: dict, defs: dict, max_depth: int | None = None, _depth: int = 0) -> dict:
+        options = schema.get("anyOf")
+        if isinstance(options, list) and sum(option != {"type": "null"} for option in options) > 1:
+            schema["anyOf"] = [_flatten_field(option, defs, max_depth, _depth) for option in options]
+            return schema
+        return flatten(schema, defs, max_depth, _depth)
+
+    _flatten_field.keeps_alternatives = True  # type: ignore[attr-defined]
+    method._flatten_field = _flatten_field
+
+
+def keep_requests_whole() -> None:
+    """Never split one request across batches.
+
+    BentoML 1.4.39's CorkDispatcher fills each batch up to `max_batch_size` and splits the request that does not fit
+    (bentoml/BentoML#4752, by design): one request of 10,000 penguins became ten 1,000-row batches run one after
+    another, each with its own thread hop and model call, ~1.6x the time of one call. Here a request that does not
+    fit waits for the next batch, and one larger than `max_batch_size` is a batch of its own: `max_batch_size`
+    bounds how many penguins from different requests are combined, not a request.
+    """
+    from bentoml._internal.marshal.dispatcher import CorkDispatcher
+
+    if getattr(CorkDispatcher._get_inputs, "keeps_requests_whole", False):
+        return
+
+    def _get_inputs(self: CorkDispatcher, num_batches: int | None = None) -> Any:
+        limit = self.max_batch_size if num_batches is None else num_batches
+        size = 0
+        while self._queue:
+            try:
+                next_size = self.get_batch_size(self._queue[0].data)
+            except Exception:
+                next_size = 1
+            if size and size + next_size > limit:
+                return
+            size += next_size
+            yield self._queue.popleft()
+            if size >= limit:
+                return
+
+    _get_inputs.keeps_requests_whole = True  # type: ignore[attr-defined]
+    CorkDispatcher._get_inputs = _get_inputs
+
+
+def send_answers_as_returned() -> None:
+    """Send an API's answer as the JSON it is when its output type is marked `AS_RETURNED`.
+
+    For an output typed `list[...]` BentoML 1.4.39 validates the returned list against that type, dumps it to Python
+    and then to JSON (`IOMixin.to_http_response`): three passes over an answer our own code built from the model's
+    arrays, ~100 ms of a 10,000-penguin request. No upstream issue.
+    """
+    from _bentoml_sdk.io_models import IOMixin, IORootModel
+    from pydantic_core import to_json
+    from starlette.responses import Response
+
+    original = IOMixin.__dict__["to_http_response"]
+    if getattr(original, "sends_as_returned", False):
+        return
+    marked: dict[type, bool] = {}
+
+    def is_marked(cls: type) -> bool:
+        if cls not in marked:
+            field = getattr(cls, "model_fields", {}).get("root") if issubclass(cls, IORootModel) else None
+            marked[cls] = field is not None and AS_RETURNED in field.metadata
+        return marked[cls]
+
+    async def to_http_response(cls: type, obj: Any, serde: Any) -> Any:
+        if isinstance(obj, list) and getattr(serde, "media_type", None) == "application/json" and is_marked(cls):
+            return Response(to_json(obj), media_type="application/json")
+        return await original.__func__(cls, obj, serde)
+
+    to_http_response.sends_as_returned = True  # type: ignore[attr-defined]
+    IOMixin.to_http_response = classmethod(to_http_response)
 
 
 def bound_batch_wait(max_wait_ms: float) -> None:
@@ -272,3 +401,69 @@ def freeze_heap() -> None:
     """
     gc.collect()
     gc.freeze()
+
+
+def spread_connections(worker_index: int | None) -> bool:
+    """Give every worker but the first its own listening socket on the server's address, so that the kernel spreads
+    new connections over the workers (SO_REUSEPORT); True when this worker took one.
+
+    BentoML 1.4.39's process manager opens one listening socket and every worker accepts from it (upstream issue
+    bentoml/BentoML#5426, open). uvicorn on uvloop accepts every pending connection each time it wakes, so the
+    worker that wakes first takes a whole burst of new connections and keeps them while they stay open: a load
+    generator's 32 keep-alive connections landed 32/0, 14/18 and 1/31 on two workers, and a second worker served
+    0.93x one worker on average. With a socket per worker in one SO_REUSEPORT group the kernel picks a socket per
+    connection by a hash of its addresses.
+
+    The first worker keeps the shared socket (the process manager holds it, so connections routed to it wait while
+    that worker restarts); the others bind their own and put it in place of the inherited descriptor before uvicorn
+    starts listening on it. Call it last in the worker's start-up: from its `listen` on, the kernel routes
+    connections to this worker. Connections still queued on a worker's own socket when that worker exits are reset.
+    """
+    fd = _inherited_listener()
+    if fd is None:
+        return False
+    with socket.socket(fileno=os.dup(fd)) as shared:
+        if shared.type != socket.SOCK_STREAM or shared.family not in (socket.AF_INET, socket.AF_INET6):
+            return False
+        # On the shared socket itself (all workers hold it): the sockets bound below may join it on its port.
+        shared.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if not worker_index or worker_index == 1:
+            return False
+        own = socket.socket(shared.family, socket.SOCK_STREAM)
+        try:
+            own.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            own.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            own.bind(shared.getsockname())
+            own.listen(_argument("--backlog", 2048))
+            os.dup2(own.fileno(), fd)  # the inherited number now names this worker's socket; uvicorn listens on it
+        except OSError as error:  # keep the shared socket: the old, uneven behaviour, but serving
+            logger.warning("worker %s keeps the shared listening socket: %s", worker_index, error)
+            return False
+        finally:
+            own.close()
+    return True
+
+
+def _inherited_listener() -> int | None:
+    """The listening socket BentoML 1.4.39 hands its HTTP worker (`python -m _bentoml_impl.worker.service --fd N`)."""
+    if not sys.argv or not sys.argv[0].replace(os.sep, "/").endswith("_bentoml_impl/worker/service.py"):
+        return None  # not a BentoML HTTP worker (in-process tests, a dependency service over a Unix socket, ...)
+    fd = _argument("--fd", None)
+    if fd is None:
+        return None
+    try:
+        with socket.socket(fileno=os.dup(fd)) as candidate:
+            listening = candidate.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+    except OSError:
+        return None
+    return fd if listening else None
+
+
+def _argument(flag: str, default: int | None) -> int | None:
+    arguments = sys.argv[1:]
+    for i, argument in enumerate(arguments):
+        if argument == flag and i + 1 < len(arguments) and arguments[i + 1].isdigit():
+            return int(arguments[i + 1])
+        if argument.startswith(flag + "=") and argument.split("=", 1)[1].isdigit():
+            return int(argument.split("=", 1)[1])
+    return default
