@@ -17,7 +17,6 @@ import pytest
 
 from penguins.contract import EXAMPLE_PENGUIN
 from tests.compose import COMPOSE, WHY_NOT, Stack
-from tests.servers import free_port
 
 pytestmark = [pytest.mark.container, pytest.mark.integration, pytest.mark.s3]
 
@@ -33,13 +32,14 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
         tmp_path_factory.mktemp("bento-home"),
         profiles=("s3",),
         images=("seaweedfs",),
-        PENGUINS_API_2_PORT=str(free_port()),
         AWS_ACCESS_KEY_ID=f"stack-{uuid.uuid4().hex[:8]}",
         AWS_SECRET_ACCESS_KEY=uuid.uuid4().hex,
     )
-    stack.url_2 = f"http://127.0.0.1:{stack.env['PENGUINS_API_2_PORT']}"
     try:
-        stack.deploy("up")  # builds the API, jupyter and seaweedfs images; waits until `api` serves
+        stack.deploy("build")  # the API, jupyter and seaweedfs images (COMPOSE_PROFILES=s3)
+        stack.pick_ports("PENGUINS_API_2_PORT")
+        stack.url_2 = f"http://127.0.0.1:{stack.env['PENGUINS_API_2_PORT']}"
+        stack.deploy("up", "--no-build")  # waits until `api` serves
         yield stack
     finally:
         stack.remove()
