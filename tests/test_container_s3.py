@@ -50,6 +50,22 @@ def served(url: str) -> dict[str, str]:
     return {m["algorithm"]: m["tag"] for m in listing["models"]}
 
 
+def diagnosis(stack: Stack) -> str:
+    """What each API says about its models and the repository, and their logs without the access lines."""
+    parts = []
+    for url in (stack.url, stack.url_2):
+        try:
+            listing = httpx.post(f"{url}/models", timeout=30).json()
+            parts.append(f"{url}: {[m['tag'] for m in listing['models']]} failures={listing['failures']}")
+            parts.append(f"  repository={listing.get('repository')}")
+        except httpx.HTTPError as error:
+            parts.append(f"{url}: {error!r}")
+    for service in ("api", "api-2", "trainer"):
+        lines = stack.compose("logs", service, check=False).stdout.splitlines()
+        parts += [line for line in lines if "path=/" not in line][-40:]
+    return "\n".join(parts)
+
+
 def wait_until(check, timeout: float, what: str, stack: Stack) -> float:
     started = time.monotonic()
     while True:
@@ -59,7 +75,7 @@ def wait_until(check, timeout: float, what: str, stack: Stack) -> float:
         except httpx.HTTPError:
             pass
         if time.monotonic() - started > timeout:
-            raise AssertionError(f"{what} after {timeout}s:\n{stack.logs('api', 'api-2', 'seaweedfs', 'trainer')}")
+            raise AssertionError(f"{what} after {timeout}s:\n{diagnosis(stack)}")
         time.sleep(0.2)
 
 
