@@ -53,7 +53,13 @@ class PenguinClassifier:
     """
 
     def __init__(self) -> None:
-        workarounds.apply(settings.max_batch_wait_ms, settings.bulk_body_bytes, settings.log_predictions)
+        workarounds.apply(
+            settings.max_batch_wait_ms,
+            settings.bulk_body_bytes,
+            settings.log_predictions,
+            drain_s=settings.drain_s,
+            connections=(settings.header_timeout_s, settings.body_timeout_s, settings.max_connections),
+        )
         logging.getLogger("penguins").setLevel(logging.INFO)  # what it serves and why, in the server's log
         self.registry = get_registry()
         self.registry.sync()

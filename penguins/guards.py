@@ -26,6 +26,7 @@ from typing import Any
 
 from penguins.contract import FEATURES, unknown_field_message
 from penguins.settings import Settings, get_settings
+from penguins.workarounds import DRAINING
 
 ASGIApp = Callable[..., Any]
 
@@ -157,6 +158,13 @@ class Front:
     async def __call__(self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        if DRAINING.is_set():  # shutting down: finish what is in flight, send the rest elsewhere, cleanly
+            return await respond(
+                send,
+                503,
+                {"error": "this server is shutting down: retry (elsewhere)"},
+                [(b"connection", b"close"), (b"retry-after", b"1")],
+            )
         request_id = _header(scope, b"x-request-id")
         if request_id is not None and not _echoable(request_id):
             return await respond(

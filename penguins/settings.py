@@ -68,6 +68,14 @@ class Settings(BaseSettings):
     bulk_body_bytes: int = Field(default=64 * 1024, ge=1024)
     bulk_concurrency: int = Field(default=1, ge=1, description="Bulk requests a worker works on at once")
     bulk_retry_after_s: int = Field(default=1, ge=1, description="Retry-After of a 429 for bulk requests")
+    # On SIGTERM a worker finishes what is in flight within this, answering new requests 503 meanwhile (docker stop
+    # waits 10 s before SIGKILL).
+    drain_s: float = Field(default=8.0, ge=0, description="Longest a worker drains on SIGTERM")
+    # Slow clients: a request's headers must arrive within header_timeout_s, its body within body_timeout_s after;
+    # beyond max_connections per worker the least recently active idle connection is closed for a new one.
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    body_timeout_s: float = Field(default=30.0, gt=0)
+    max_connections: int = Field(default=4096, ge=16, description="Connections a worker holds at once")
 
     @model_validator(mode="after")
     def _read_token_file(self) -> Settings:

@@ -16,6 +16,7 @@ import logging
 import os
 import socket
 import sys
+import threading
 from functools import wraps
 from typing import Any
 
@@ -23,6 +24,8 @@ from typing import Any
 VALIDATED = "penguins.validated"
 VALIDATED_JSON = "penguins.validated_json"
 UNMATCHED_PATH = "<unmatched>"  # the metrics' endpoint label for every path no route takes
+# Set when the worker begins to shut down (`drain_on_shutdown`): from then on new requests are answered 503.
+DRAINING = threading.Event()
 
 logger = logging.getLogger(__name__)
 
@@ -94,8 +97,14 @@ def serve_apis(app: Any, apis: dict[str, Any]) -> None:
         instance.__dict__.pop(name, None)
 
 
-def apply(max_batch_wait_ms: float, big_body_bytes: int | None = None, keep_json: bool = True) -> None:
-    """Every fix below, in this process."""
+def apply(
+    max_batch_wait_ms: float,
+    big_body_bytes: int | None = None,
+    keep_json: bool = True,
+    drain_s: float | None = None,
+    connections: tuple[float, float, int] | None = None,
+) -> None:
+    """Every fix below, in this process. `connections`: header and body timeouts (s) and the connection cap."""
     bound_batch_wait(max_batch_wait_ms)
     release_request_timers()
     label_metrics_by_route()
@@ -106,6 +115,10 @@ def apply(max_batch_wait_ms: float, big_body_bytes: int | None = None, keep_json
     send_answers_as_returned()
     publish_alternatives()
     bind_api_methods_once()
+    if drain_s is not None:
+        drain_on_shutdown(drain_s)
+    if connections is not None:
+        bound_connections(*connections)
 
 
 def bind_api_methods_once() -> None:
@@ -389,6 +402,129 @@ def validate_off_the_loop(min_bytes: int, keep_json: bool = True) -> None:
         return model
 
     JSONSerde.parse_request = parse_request
+
+
+def drain_on_shutdown(drain_s: float) -> None:
+    """Drain a worker on SIGTERM before uvicorn's own shutdown (uvicorn 0.54 as BentoML 1.4.39 runs it).
+
+    uvicorn closes its listener and every idle keep-alive connection at once: a request a client sent on such a
+    connection at that moment was reset, and connections queued in the listen backlog (BentoML's arbiter keeps the
+    socket open until every worker is gone) were reset when it closed. Here, first, for up to `drain_s`: the
+    worker keeps accepting, answers every new request 503 with `Connection: close` and Retry-After (the front guard
+    reads `DRAINING`), and waits for the requests in flight when the signal came to finish. Then uvicorn's shutdown
+    runs, bounded by what is left of `drain_s`.
+    """
+    from uvicorn.server import Server
+
+    if getattr(Server.shutdown, "drains", False):
+        return
+    original = Server.shutdown
+
+    async def shutdown(self: Server, sockets: Any = None) -> None:
+        DRAINING.set()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + drain_s
+        in_flight = {task for task in self.server_state.tasks if not task.done()}
+        logger.info("draining: %d request(s) in flight, new ones answered 503", len(in_flight))
+        while any(not task.done() for task in in_flight) and loop.time() < deadline and not self.force_exit:
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(min(0.5, max(0.0, deadline - loop.time())))  # a moment for clients to hear "closing"
+        if self.config.timeout_graceful_shutdown is None:
+            self.config.timeout_graceful_shutdown = max(1, round(deadline - loop.time()))
+        await original(self, sockets)
+
+    shutdown.drains = True  # type: ignore[attr-defined]
+    Server.shutdown = shutdown
+
+
+def bound_connections(header_s: float, body_s: float, max_connections: int) -> None:
+    """Time out slow requests and cap the connections a worker holds (uvicorn 0.54's httptools protocol, which
+    BentoML 1.4.39 runs; BentoML passes uvicorn no such limits, and uvicorn has no header or body timeout).
+
+    A connection must complete a request's headers within `header_s` of its first byte (or of connecting), and its
+    body within `body_s` of the headers; otherwise it is closed. Idle keep-alive stays uvicorn's (BentoML's
+    `timeout_keep_alive`). Beyond `max_connections`, a new connection closes the least recently active one that has
+    no request in progress (a slow or idle one), so a client that is talking keeps its connection: 20,000 slow
+    connections made 9 of 10 normal requests time out.
+    """
+    from collections import OrderedDict
+    from itertools import islice
+
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as Protocol
+
+    if getattr(Protocol, "bounded", False):
+        return
+    made, received, lost = Protocol.connection_made, Protocol.data_received, Protocol.connection_lost
+    begun, headed, completed = Protocol.on_message_begin, Protocol.on_headers_complete, Protocol.on_message_complete
+
+    def arm(self: Protocol, seconds: float) -> None:
+        disarm(self)
+        self._deadline = self.loop.call_later(seconds, expire, self)
+
+    def disarm(self: Protocol) -> None:
+        timer = getattr(self, "_deadline", None)
+        if timer is not None:
+            timer.cancel()
+            self._deadline = None
+
+    def expire(self: Protocol) -> None:
+        self._deadline = None
+        if not self.transport.is_closing():
+            self.transport.close()  # too slow to send its request: nobody is waiting for an answer
+
+    def by_activity(self: Protocol) -> OrderedDict:
+        state = self.server_state
+        if not hasattr(state, "by_activity"):
+            state.by_activity = OrderedDict()
+        return state.by_activity
+
+    def connection_made(self: Protocol, transport: Any) -> None:
+        made(self, transport)
+        active = by_activity(self)
+        active[self] = None
+        arm(self, header_s)
+        if len(active) > max_connections:
+            idle = next(
+                (
+                    other
+                    for other in islice(active, 256)  # the least recently active first
+                    if other is not self and (other.cycle is None or other.cycle.response_complete)
+                ),
+                None,
+            )
+            if idle is None:
+                transport.close()  # every other connection is busy: this one waits its turn elsewhere
+            else:
+                active.pop(idle, None)
+                idle.transport.close()
+
+    def data_received(self: Protocol, data: bytes) -> None:
+        active = by_activity(self)
+        if self in active:
+            active.move_to_end(self)
+        received(self, data)
+
+    def on_message_begin(self: Protocol) -> None:
+        begun(self)
+        arm(self, header_s)
+
+    def on_headers_complete(self: Protocol) -> None:
+        headed(self)
+        arm(self, body_s)
+
+    def on_message_complete(self: Protocol) -> None:
+        completed(self)
+        disarm(self)
+
+    def connection_lost(self: Protocol, exc: Exception | None) -> None:
+        disarm(self)
+        by_activity(self).pop(self, None)
+        lost(self, exc)
+
+    for function in (connection_made, data_received, on_message_begin, on_headers_complete, on_message_complete):
+        setattr(Protocol, function.__name__, function)
+    Protocol.connection_lost = connection_lost
+    Protocol.bounded = True  # type: ignore[attr-defined]
 
 
 def freeze_heap() -> None:

@@ -274,3 +274,34 @@ def test_a_storm_of_reloads_coalesces_and_classify_keeps_answering(server, figur
         "p99 ratio": round(_percentile(during, 0.99) / _percentile(normal, 0.99), 2),
         "classify requests during": len(during),
     }
+
+
+def test_bulk_requests_beyond_the_limit_are_told_when_to_retry(server):
+    """One bulk request at a time per worker (PENGUINS_BULK_CONCURRENCY=1 by default): the others get 429 with
+    Retry-After, before their body is parsed; small requests are never limited."""
+    bulk = json.dumps({"penguins": [EXAMPLE_PENGUIN] * 10_000}).encode()
+    answers: list[httpx.Response] = []
+    small: list[int] = []
+    start = threading.Barrier(7)
+
+    def send_bulk() -> None:
+        with httpx.Client(base_url=server, timeout=120) as http:
+            start.wait()
+            answers.append(http.post("/classify", content=bulk, headers={"content-type": "application/json"}))
+
+    def send_small() -> None:
+        with httpx.Client(base_url=server, timeout=120) as http:
+            start.wait()
+            small.extend(http.post("/classify", json=BODY).status_code for _ in range(20))
+
+    threads = [threading.Thread(target=send_bulk) for _ in range(6)] + [threading.Thread(target=send_small)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    statuses = sorted(r.status_code for r in answers)
+    assert 200 in statuses and 429 in statuses and set(statuses) <= {200, 429}, statuses
+    busy = next(r for r in answers if r.status_code == 429)
+    assert busy.headers["retry-after"] == "1" and busy.json()["retry_after_s"] == 1
+    assert len(next(r for r in answers if r.status_code == 200).json()) == 10_000
+    assert small == [200] * 20
