@@ -38,11 +38,12 @@ SETTLE_S = 20
 SAME_GRAPH_TOLERANCE = 1e-6
 
 
-def compare(quick: bool, out: Path) -> int:
+def compare(quick: bool, out: Path, rounds: int | None = None) -> int:
     from penguins.data import load_penguins
     from penguins.store import model_name
 
-    seconds, rounds, bulk_repeats = (1, 1, 1) if quick else (5, 5, 5)
+    seconds, default_rounds, bulk_repeats = (1, 1, 1) if quick else (5, 5, 5)
+    rounds = rounds or default_rounds
     frame = load_penguins()
     rows = feature_rows(frame, BULK_ROWS)
     single = [{f: EXAMPLE_PENGUIN[f] for f in FEATURES}]
