@@ -164,6 +164,7 @@ def main() -> int:
     parser.add_argument(
         "--peers", action="store_true", help="ours against the peers, each in its own environment (docs/performance.md)"
     )
+    parser.add_argument("--rounds", type=int, default=None, help="--peers: rounds per load point (default 5, quick 1)")
     parser.add_argument("--out", type=Path, default=None, help="where the JSON results go (bench-results/...)")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
@@ -171,7 +172,7 @@ def main() -> int:
     if args.peers:
         from benchmarks.peers.compare import compare
 
-        return compare(args.quick, args.out or ROOT / "bench-results" / "peers.json")
+        return compare(args.quick, args.out or ROOT / "bench-results" / "peers.json", args.rounds)
     args.out = args.out or ROOT / "bench-results" / "benchmark.json"
     seconds, rounds = (1, 1) if args.quick else (5, 5)
     single = {"penguins": [EXAMPLE_PENGUIN]}

@@ -38,11 +38,12 @@ SETTLE_S = 20
 SAME_GRAPH_TOLERANCE = 1e-6
 
 
-def compare(quick: bool, out: Path) -> int:
+def compare(quick: bool, out: Path, rounds: int | None = None) -> int:
     from penguins.data import load_penguins
     from penguins.store import model_name
 
-    seconds, rounds, bulk_repeats = (1, 1, 1) if quick else (5, 5, 5)
+    seconds, default_rounds, bulk_repeats = (1, 1, 1) if quick else (5, 5, 5)
+    rounds = rounds or default_rounds
     frame = load_penguins()
     rows = feature_rows(frame, BULK_ROWS)
     single = [{f: EXAMPLE_PENGUIN[f] for f in FEATURES}]
@@ -291,3 +292,37 @@ def _print(results: dict, catalogue: dict[str, Peer]) -> None:
     for goal, value in table["goals"].items():
         console.print(f"  {goal}: {_f(value, '.2f') if isinstance(value, float) else value}")
     console.print(f"bulk, every form (ms): {json.dumps({k: round(v) for k, v in bulk.items()})}")
+    console.print(
+        "\nas Markdown (docs/performance.md):\n" + markdown(results, catalogue), markup=False, highlight=False
+    )
+
+
+def markdown(results: dict, catalogue: dict[str, Peer]) -> str:
+    """The table of docs/performance.md."""
+    table, bulk = results["table"], results["bulk_ms"]
+    lines = [
+        "| server | c1 p50 ms | c32 req/s | c32 p99 ms | bulk 10,000 ms | CPU ms/request at c32 | 2 workers ÷ 1 at c32 "
+        "| ours ÷ this at c32, 1 / 2 workers |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    labels = {"ours": f"ours, `{ROUTE}` (ONNX, batching)", **{n: p.label for n, p in catalogue.items()}}
+    for name, label in labels.items():
+        row = table[name]
+        cell = _f(row["bulk_ms"], ",.0f")
+        if name == "ours":
+            cell += f" (`/classify`: {bulk['ours classify columns']:,.0f}; as rows: {bulk['ours typed rows']:,.0f})"
+        ratio = (
+            ""
+            if name == "ours"
+            else (
+                f"{_f(row['ours_over_this_c32'], '.2f', '×')} / {_f(row['ours_over_this_c32_2_workers'], '.2f', '×')}"
+            )
+        )
+        lines.append(
+            f"| {label} | {_f(row['c1_p50_ms'], '.1f')} | {_f(row['c32_rps'], ',.0f')} "
+            f"| {_f(row['c32_p99_ms'], ',.0f')} "
+            f"| {cell} | {_f(row['cpu_ms_per_request_c32'], '.2f')} "
+            f"| {_f(row['two_workers_over_one_c32'], '.2f', '×')} ({_f(row['c32_rps_2_workers'], ',.0f')} req/s) "
+            f"| {ratio} |"
+        )
+    return "\n".join(lines)
