@@ -307,8 +307,9 @@ def test_stack_up_initialises_a_single_node_swarm_and_serves_through_the_proxy(
 
     # The admin token is a secret file in the containers, not an environment value: reload without it is refused.
     spec = service(node, "api")["Spec"]["TaskTemplate"]["ContainerSpec"]
-    assert not any(env["PENGUINS_ADMIN_TOKEN"] in value for value in spec.get("Env", []))
-    assert [s["File"]["Name"] for s in spec["Secrets"]] == ["penguins_admin_token"]
+    for secret in ("PENGUINS_ADMIN_TOKEN", "AWS_SECRET_ACCESS_KEY"):
+        assert not any(env[secret] in value for value in spec.get("Env", [])), secret
+    assert sorted(s["File"]["Name"] for s in spec["Secrets"]) == ["penguins_admin_token", "s3_credentials"]
     reload = swarm.run(
         "nsenter", f"--net=/run/netns/{node.netns}", sys.executable, str(ROOT / "tests" / "swarm_client.py"), "get",
         f"http://127.0.0.1:{PORT}/reload", "--post",
