@@ -6,6 +6,7 @@ leaves it and the three form a swarm of three managers. The project's images are
 (unique tags, removed at the end), pushed to the cluster's registry, and every node pulls them from there. A client
 loops through the proxy of node 1, from the hub, the whole time the three-node stack is changed:
 
+- a version trained on node 2 and published to the model repository: after one reload, every replica serves it;
 - a rolling update to a new image: start-first, one replica at a time;
 - an update to an image whose API never becomes ready: rolled back by Swarm itself (`rollback_completed`);
 - node 3 drained, then its engine, containerd and containers killed: its replicas run elsewhere;
