@@ -389,7 +389,7 @@ class Repository:
             unpacked.mkdir(mode=0o700)
             try:
                 with tarfile.open(part, "r:*") as archive:
-                    archive.extractall(unpacked, filter="data")
+                    unpack(archive, unpacked)
                 from bentoml._internal.models.model import Model
 
                 model = Model.from_path(unpacked)
@@ -408,6 +408,26 @@ class Repository:
         finally:
             part.unlink(missing_ok=True)
             shutil.rmtree(unpacked, ignore_errors=True)
+
+
+def unpack(archive: tarfile.TarFile, target: Path) -> None:
+    """Unpack regular files and folders only, all inside `target`; refuse anything else (links, devices, a path
+    outside). What tarfile's "data" filter does, which Python 3.11 lacks before 3.11.4 (Debian 12 has 3.11.2)."""
+    root = target.resolve()
+    for member in archive.getmembers():
+        path = (root / member.name).resolve()
+        if path != root and root not in path.parents:
+            raise ValueError(f"{member.name!r} points outside the archive")
+        if member.isdir():
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        elif member.isfile():
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            source = archive.extractfile(member)
+            assert source is not None  # a regular file always has a body
+            with source, path.open("wb") as out:
+                shutil.copyfileobj(source, out)
+        else:
+            raise ValueError(f"{member.name!r} is neither a file nor a folder")
 
 
 def _present(store_dir: Path, manifest: Manifest) -> bool:

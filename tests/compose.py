@@ -124,6 +124,13 @@ class Stack:
             self.env["COMPOSE_PROFILES"] = ",".join(profiles)  # scripts/deploy's compose calls see them too
         self.env.pop("PROMETHEUS_MULTIPROC_DIR", None)
 
+    def pick_ports(self, *names: str) -> None:
+        """Free loopback ports again, just before `up`: after a long build, those picked at creation may be taken."""
+        self.api_port, self.jupyter_port = free_port(), free_port()
+        self.url = f"http://127.0.0.1:{self.api_port}"
+        self.env.update({"PENGUINS_API_PORT": str(self.api_port), "JUPYTER_PORT": str(self.jupyter_port)})
+        self.env.update({name: str(free_port()) for name in names})
+
     def run(self, *args: str, timeout: float = 900, check: bool = True) -> subprocess.CompletedProcess:
         result = subprocess.run(list(args), cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=timeout)
         if check and result.returncode != 0:

@@ -17,7 +17,6 @@ import pytest
 
 from penguins.contract import EXAMPLE_PENGUIN
 from tests.compose import COMPOSE, WHY_NOT, Stack
-from tests.servers import free_port
 
 pytestmark = [pytest.mark.container, pytest.mark.integration, pytest.mark.s3]
 
@@ -33,13 +32,14 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
         tmp_path_factory.mktemp("bento-home"),
         profiles=("s3",),
         images=("seaweedfs",),
-        PENGUINS_API_2_PORT=str(free_port()),
         AWS_ACCESS_KEY_ID=f"stack-{uuid.uuid4().hex[:8]}",
         AWS_SECRET_ACCESS_KEY=uuid.uuid4().hex,
     )
-    stack.url_2 = f"http://127.0.0.1:{stack.env['PENGUINS_API_2_PORT']}"
     try:
-        stack.deploy("up")  # builds the API, jupyter and seaweedfs images; waits until `api` serves
+        stack.deploy("build")  # the API, jupyter and seaweedfs images (COMPOSE_PROFILES=s3)
+        stack.pick_ports("PENGUINS_API_2_PORT")
+        stack.url_2 = f"http://127.0.0.1:{stack.env['PENGUINS_API_2_PORT']}"
+        stack.deploy("up", "--no-build")  # waits until `api` serves
         yield stack
     finally:
         stack.remove()
@@ -48,6 +48,22 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
 def served(url: str) -> dict[str, str]:
     listing = httpx.post(f"{url}/models", timeout=30).json()
     return {m["algorithm"]: m["tag"] for m in listing["models"]}
+
+
+def diagnosis(stack: Stack) -> str:
+    """What each API says about its models and the repository, and their logs without the access lines."""
+    parts = []
+    for url in (stack.url, stack.url_2):
+        try:
+            listing = httpx.post(f"{url}/models", timeout=30).json()
+            parts.append(f"{url}: {[m['tag'] for m in listing['models']]} failures={listing['failures']}")
+            parts.append(f"  repository={listing.get('repository')}")
+        except httpx.HTTPError as error:
+            parts.append(f"{url}: {error!r}")
+    for service in ("api", "api-2", "trainer"):
+        lines = stack.compose("logs", service, check=False).stdout.splitlines()
+        parts += [line for line in lines if "path=/" not in line][-40:]
+    return "\n".join(parts)
 
 
 def wait_until(check, timeout: float, what: str, stack: Stack) -> float:
@@ -59,7 +75,7 @@ def wait_until(check, timeout: float, what: str, stack: Stack) -> float:
         except httpx.HTTPError:
             pass
         if time.monotonic() - started > timeout:
-            raise AssertionError(f"{what} after {timeout}s:\n{stack.logs('api', 'api-2', 'seaweedfs', 'trainer')}")
+            raise AssertionError(f"{what} after {timeout}s:\n{diagnosis(stack)}")
         time.sleep(0.2)
 
 

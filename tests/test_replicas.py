@@ -177,6 +177,8 @@ def test_an_unreadable_store_is_a_failure_that_keeps_the_loaded_models_serving(t
             listing = httpx.post(f"{url}/models", timeout=30).json()
             assert [m["tag"] for m in listing["models"]] == [first]
             assert [f["name"] for f in listing["failures"]] == [STORE_FAILURE]
+            # The reload signal in that store cannot be read either, and the listing says so.
+            assert "cannot read" in listing["replica"]["signal_error"]
         finally:
             os.chmod(store, 0o755)
         # Readable again: the periodic check reads it again by itself; no reload is needed to clear the failure.
