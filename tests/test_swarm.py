@@ -6,6 +6,7 @@ leaves it and the three form a swarm of three managers. The project's images are
 (unique tags, removed at the end), pushed to the cluster's registry, and every node pulls them from there. A client
 loops through the proxy of node 1, from the hub, the whole time the three-node stack is changed:
 
+- a version trained on node 2 and published to the model repository: after one reload, every replica serves it;
 - a rolling update to a new image: start-first, one replica at a time;
 - an update to an image whose API never becomes ready: rolled back by Swarm itself (`rollback_completed`);
 - node 3 drained, then its engine, containerd and containers killed: its replicas run elsewhere;
@@ -307,8 +308,9 @@ def test_stack_up_initialises_a_single_node_swarm_and_serves_through_the_proxy(
 
     # The admin token is a secret file in the containers, not an environment value: reload without it is refused.
     spec = service(node, "api")["Spec"]["TaskTemplate"]["ContainerSpec"]
-    assert not any(env["PENGUINS_ADMIN_TOKEN"] in value for value in spec.get("Env", []))
-    assert [s["File"]["Name"] for s in spec["Secrets"]] == ["penguins_admin_token"]
+    for secret in ("PENGUINS_ADMIN_TOKEN", "AWS_SECRET_ACCESS_KEY"):
+        assert not any(env[secret] in value for value in spec.get("Env", [])), secret
+    assert sorted(s["File"]["Name"] for s in spec["Secrets"]) == ["penguins_admin_token", "s3_credentials"]
     reload = swarm.run(
         "nsenter", f"--net=/run/netns/{node.netns}", sys.executable, str(ROOT / "tests" / "swarm_client.py"), "get",
         f"http://127.0.0.1:{PORT}/reload", "--post",
