@@ -14,10 +14,14 @@ from pydantic import Field
 from pydantic_core import to_json
 from starlette.responses import Response
 
-from penguins import ui, workarounds
+from penguins import guards, ui, workarounds
+from penguins.coalesce import Coalesced, reloads_counter
 from penguins.contract import Penguin
+from penguins.errors import answers_errors
 from penguins.explain import DEFAULT_NEIGHBOURS, MAX_NEIGHBOURS, Explanation, TrainingMap
+from penguins.predlog import worker_index
 from penguins.serving import (
+    MODEL_ROUTE_PREFIX,
     Gateway,
     ModelListing,
     ModelName,
@@ -27,37 +31,43 @@ from penguins.serving import (
     get_registry,
     listing,
     report,
-    resolve,
-    resolve_explainable,
-    typed_routes,
+    server_config,
 )
 from penguins.settings import get_settings
-from penguins.store import default_store_dir, endpoint_name, model_name, scan
-from penguins.training import ALGORITHMS
 
 settings = get_settings()
 
 Neighbours = Annotated[int, Field(ge=1, le=MAX_NEIGHBOURS, description="How many nearest training penguins to return")]
-
-# Routes are fixed when the service is declared: one per known algorithm and per model already in the store.
-# A model first saved later is served by `classify(model=...)` at once and gets its own route on restart.
-ALGORITHMS_WITH_ROUTES = sorted(set(ALGORITHMS) | {m.algorithm for m in scan(default_store_dir())[0]})
-ROUTES = typed_routes(ALGORITHMS_WITH_ROUTES)
 
 
 def _json(status: int, body: bytes | str) -> Response:
     return Response(body, status_code=status, media_type="application/json")
 
 
+@bentoml.service(name="penguin_classifier", **server_config(settings))
 class PenguinClassifier:
+    """Palmer Penguins species classifiers from the BentoML model store.
+
+    Besides the APIs below, every served model has its own typed endpoint, `/classify_<name>`, added and removed
+    at runtime as the store changes (after `reload`): `models` lists them with their routes.
+    """
+
     def __init__(self) -> None:
-        workarounds.apply(settings.max_batch_wait_ms)
+        workarounds.apply(
+            settings.max_batch_wait_ms,
+            settings.bulk_body_bytes,
+            settings.log_predictions,
+            drain_s=settings.drain_s,
+            connections=(settings.header_timeout_s, settings.body_timeout_s, settings.max_connections),
+        )
         logging.getLogger("penguins").setLevel(logging.INFO)  # what it serves and why, in the server's log
         self.registry = get_registry()
         self.registry.sync()
         # Without traffic too, each worker follows reloads signalled elsewhere (docs/replicas.md).
         self.registry.start(settings.sync_interval_seconds)
-        workarounds.freeze_heap()  # last: what was loaded above lives as long as the worker
+        self.reloads = Coalesced(self._reload_now, on_run=reloads_counter().inc)
+        workarounds.freeze_heap()  # what was loaded above lives as long as the worker
+        workarounds.spread_connections(worker_index())  # last: from here on the kernel routes connections to us
 
     @bentoml.on_shutdown
     def stop_sync(self) -> None:
@@ -67,75 +77,52 @@ class PenguinClassifier:
         return bool(self.registry.sync().models)
 
     @bentoml.api
+    @answers_errors
     def classify(self, penguins: Penguins, model: ModelName = None) -> Predictions:
         """Classify penguins with the named model, or with the best one by cross-validated accuracy."""
-        chosen = resolve(self.registry.sync(), model)
-        if isinstance(chosen, tuple):
-            return _json(*chosen)
-        # Serialised here: BentoML 1.4.39 would dump a list output through pydantic twice (~300 ms for 10,000 rows);
-        # pydantic-core's to_json writes it compact, ~5x faster than json.dumps (7 vs 36 ms for 10,000 rows).
+        chosen = self.registry.sync().lookup(model)
+        # Serialised here: BentoML 1.4.39 would dump a list output through pydantic twice; pydantic-core's to_json
+        # writes it compact and fast (docs/performance.md).
         return _json(200, to_json(chosen.predict(penguins)))
 
     @bentoml.api
+    @answers_errors
     def explain(self, penguin: Penguin, model: ModelName = None, k: Neighbours = DEFAULT_NEIGHBOURS) -> Explanation:
         """Classify one penguin and explain: its k nearest training penguins, its place on the PCA map, importances."""
-        chosen = resolve_explainable(self.registry.sync(), model)
-        if isinstance(chosen, tuple):
-            return _json(*chosen)
-        return chosen.explain(penguin, k)
+        return self.registry.sync().lookup(model, explainable=True).explain(penguin, k)
 
     @bentoml.api
+    @answers_errors
     def training_map(self, model: ModelName = None) -> TrainingMap:
         """The model's training penguins on its 2-D PCA map (the map explain places a penguin on)."""
-        chosen = resolve_explainable(self.registry.sync(), model)
-        if isinstance(chosen, tuple):
-            return _json(*chosen)
+        chosen = self.registry.sync().lookup(model, explainable=True)
         return chosen.explainer.training_map(chosen.tag)
 
     @bentoml.api
     def models(self) -> ModelListing:
-        """List the served models with their metrics and routes, and the store entries that failed to load."""
-        return listing(self.registry.sync(), ROUTES, self.registry.status())
+        """List the served models with their metrics and routes, the versions the gate rejected, the store entries
+        that failed to load, and the penguin-named models that are not served (skipped) with the call that would."""
+        return listing(self.registry.sync(), self.registry.status())
 
     @bentoml.api
-    def reload(self) -> ReloadReport:
-        """Re-read the model store now, in every worker; report what was added, updated, removed or failed."""
+    async def reload(self) -> ReloadReport:
+        """Re-read the model store now, in every worker; report what was added, updated, removed, failed or skipped,
+        and the per-model routes added and removed (they answer from the next request on). Concurrent reloads share
+        one re-read (penguins.coalesce)."""
+        return await self.reloads()
+
+    def _reload_now(self) -> ReloadReport:
+        before = self.registry.snapshot
         change = self.registry.reload()
-        return report(change, self.registry.snapshot, self.registry.status())
+        return report(change, before, self.registry.snapshot, self.registry.status())
 
 
-def _typed_endpoint(algorithm: str):
-    name = model_name(algorithm)
-
-    def endpoint(self: PenguinClassifier, penguins: Penguins) -> Predictions:
-        # The gateway answered 503 already if the model is missing; `retired` covers a batch queued before a
-        # reload removed it.
-        registry = self.registry
-        loaded = registry.snapshot.models.get(name) or registry.retired[name]
-        return loaded.predict(penguins)
-
-    endpoint.__name__ = endpoint.__qualname__ = endpoint_name(algorithm)
-    endpoint.__doc__ = f"Classify penguins with the {algorithm} model ({name})."
-    return bentoml.api(
-        endpoint,
-        route=f"/{endpoint.__name__}",
-        batchable=settings.batching,
-        max_batch_size=settings.max_batch_size,
-        max_latency_ms=settings.max_latency_ms,
-    )
-
-
-for _algorithm in ALGORITHMS_WITH_ROUTES:
-    setattr(PenguinClassifier, endpoint_name(_algorithm), _typed_endpoint(_algorithm))
-
-PenguinClassifier = bentoml.service(
-    name="penguin_classifier",
-    workers=settings.workers,
-    threads=settings.threads,
-    traffic={"timeout": 60},
-    http={"cors": {"enabled": True, "access_control_allow_origins": settings.cors_origins}}
-    if settings.cors_origins
-    else {},
-)(PenguinClassifier)
-PenguinClassifier.add_asgi_middleware(Gateway, model_routes=ROUTES)
+for _api in PenguinClassifier.apis.values():
+    guards.strict_input(_api)
+PenguinClassifier.add_asgi_middleware(
+    guards.Front, conflict_routes=("/explain", "/training_map"), runtime_prefixes=(MODEL_ROUTE_PREFIX,)
+)
+PenguinClassifier.add_asgi_middleware(Gateway)
+PenguinClassifier.add_asgi_middleware(guards.Bodies)
+PenguinClassifier.add_asgi_middleware(guards.ErrorHints)
 PenguinClassifier.mount_asgi_app(ui.create_app(), path=ui.PATH, name="ui")

@@ -1,7 +1,10 @@
-"""Train the penguin classifiers and save each into the BentoML model store.
+"""Train the penguin classifiers and save each into the BentoML model store, through the promotion gate.
 
-python train.py                                 # all algorithms into $BENTOML_HOME (default ~/bentoml)
+python train.py                                 # all built-in algorithms into $BENTOML_HOME (default ~/bentoml)
 python train.py --models random-forest svm --seed 7 --store ./store
+python train.py --estimator sklearn.ensemble.ExtraTreesClassifier --name extra-trees --param n_estimators=300
+                                                # any scikit-learn classifier by import path, saved as
+                                                # penguins-<name>; --param values are JSON when they parse
 python train.py --if-empty                      # only when the store holds no penguin model yet
 python train.py --data sqlite:///penguins.db     # from the clean table (python -m penguins.db ingest / clean)
 python train.py --tolerance 0.02                # promotion gate: reject a version whose test accuracy is worse
@@ -11,25 +14,46 @@ python train.py --tolerance 0.02                # promotion gate: reject a versi
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
+
+if TYPE_CHECKING:
+    from penguins.training import Estimator
 
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
     from penguins.gate import DEFAULT_TOLERANCE
     from penguins.training import ALGORITHMS, DEFAULT_SEED
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="train.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument(
         "--models",
         nargs="+",
         choices=list(ALGORITHMS),
-        default=list(ALGORITHMS),
         metavar="NAME",
-        help=f"algorithms to train (default: all of {', '.join(ALGORITHMS)})",
+        help=f"built-in algorithms to train (default, without --estimator: all of {', '.join(ALGORITHMS)})",
+    )
+    parser.add_argument(
+        "--estimator",
+        metavar="IMPORT.PATH",
+        help="a scikit-learn classifier class to train as well, e.g. sklearn.ensemble.ExtraTreesClassifier "
+        "(wrapped in the contract's preprocessing); needs --name",
+    )
+    parser.add_argument("--name", help="the --estimator's model name: penguins-<name>, served at classify_<name>")
+    parser.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a constructor parameter of --estimator, repeatable; VALUE is JSON when it parses "
+        "(n_estimators=300, hidden_layer_sizes=[32,16]), else a string",
     )
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="random seed (default: %(default)s)")
     parser.add_argument("--store", type=Path, help="BentoML home to save into (default: $BENTOML_HOME)")
@@ -47,23 +71,58 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--no-gate", action="store_true", help="promote every new version, whatever its score")
     parser.add_argument("--if-empty", action="store_true", help="do nothing when penguin models are stored already")
-    return parser.parse_args(argv)
+    return parser, parser.parse_args(argv)
+
+
+def estimators(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[tuple[str, Estimator]]:
+    """(name, estimator) for every model to train: the chosen built-ins, then --estimator."""
+    from penguins.training import ALGORITHMS, Estimator
+
+    if (args.name or args.param) and not args.estimator:
+        parser.error("--name and --param go with --estimator")
+    chosen = args.models or ([] if args.estimator else list(ALGORITHMS))
+    jobs = [(name, ALGORITHMS[name]) for name in chosen]
+    if args.estimator:
+        if not args.name:
+            parser.error("--estimator needs --name (the model is saved as penguins-<name>)")
+        params: dict[str, Any] = {}
+        for item in args.param:
+            key, sep, text = item.partition("=")
+            if not sep or not key:
+                parser.error(f"--param takes KEY=VALUE, got {item!r}")
+            if key in params:
+                parser.error(f"--param {key} is given twice")
+            try:
+                params[key] = json.loads(text)
+            except json.JSONDecodeError:
+                params[key] = text
+        jobs.append((args.name, Estimator(args.estimator, params)))
+    return jobs
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    parser, args = parse_args(argv)
     if args.store:  # BentoML reads BENTOML_HOME once, when it is first imported
         os.environ["BENTOML_HOME"] = str(args.store.resolve())
+    jobs = estimators(parser, args)
 
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
-    from penguins.data import load_penguins
+    from penguins.data import BUNDLED_SOURCE, load_penguins
     from penguins.gate import save_gated
-    from penguins.store import default_store_dir, scan
-    from penguins.training import train
+    from penguins.store import check_model_name, default_store_dir, scan
+    from penguins.training import EstimatorError, train
 
+    def refuse(error: ValueError) -> NoReturn:
+        """A classifier that cannot be trained or served: one line, argparse's exit status, nothing saved."""
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
+
+    try:  # every name and estimator (import, class, parameters) is checked before anything trains
+        classifiers = [(check_model_name(name), estimator(args.seed)) for name, estimator in jobs]
+    except ValueError as error:  # EstimatorError, or check_model_name's
+        refuse(error)
     console = Console(stderr=True)
     store = default_store_dir()
     if args.if_empty:
@@ -79,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
 
         frame, source = load_clean(args.data), clean_source(args.data)
     else:
-        frame, source = load_penguins(), "palmerpenguins (bundled)"
+        frame, source = load_penguins(), BUNDLED_SOURCE
     table = Table(title=f"Palmer Penguins classifiers (seed {args.seed}, {len(frame)} rows) -> {store}")
     for column in ("model", "CV accuracy", "test accuracy", "macro F1", "served as", "gate", "tag"):
         table.add_column(column, no_wrap=True)
@@ -89,26 +148,33 @@ def main(argv: list[str] | None = None) -> int:
         TextColumn("{task.completed}/{task.total}"),
         TimeElapsedColumn(),
     )
-    with Progress(*columns, console=console) as progress:
-        task = progress.add_task("training", total=len(args.models))
-        for algorithm in args.models:
-            progress.update(task, description=f"training {algorithm}")
-            trained = train(algorithm, frame, args.seed)
-            trained.provenance["data_source"] = source
-            tag, decision = save_gated(trained, args.tolerance, gate=not args.no_gate)
-            m = trained.metrics
-            table.add_row(
-                algorithm,
-                f"{m['cv_accuracy_mean']:.3f} ± {m['cv_accuracy_std']:.3f}",
-                f"{m['test_accuracy']:.3f}",
-                f"{m['macro_f1']:.3f}",
-                "onnx" if trained.onnx else "sklearn",
-                decision.status
-                if decision.served_score is None
-                else f"{decision.status} (served {decision.served_score:.3f})",
-                tag,
-            )
-            progress.advance(task)
+    # All are trained before any is saved: a classifier that fails to fit leaves the store as it was.
+    trained_models = []
+    try:
+        with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as progress:
+            task = progress.add_task("training", total=len(classifiers))
+            for name, classifier in classifiers:
+                progress.update(task, description=f"training {name}")
+                trained = train(name, frame, args.seed, classifier=classifier)
+                trained.provenance["data_source"] = source
+                trained_models.append(trained)
+                progress.advance(task)
+    except EstimatorError as error:  # it failed to fit
+        refuse(error)
+    for trained in trained_models:
+        tag, decision = save_gated(trained, args.tolerance, gate=not args.no_gate)
+        m = trained.metrics
+        table.add_row(
+            trained.algorithm,
+            f"{m['cv_accuracy_mean']:.3f} ± {m['cv_accuracy_std']:.3f}",
+            f"{m['test_accuracy']:.3f}",
+            f"{m['macro_f1']:.3f}",
+            "onnx" if trained.onnx else "sklearn",
+            decision.status
+            if decision.served_score is None
+            else f"{decision.status} (served {decision.served_score:.3f})",
+            tag,
+        )
     Console(width=None if sys.stdout.isatty() else 180).print(table)
     return 0
 

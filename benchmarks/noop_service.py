@@ -4,18 +4,20 @@ import bentoml
 
 from penguins import workarounds
 from penguins.contract import Prediction
-from penguins.serving import Penguins, Predictions
+from penguins.predlog import worker_index
+from penguins.serving import Penguins, Predictions, server_config
 from penguins.settings import get_settings
 
 settings = get_settings()
 ANSWER = Prediction(species="Adelie", probabilities={"Adelie": 1.0, "Chinstrap": 0.0, "Gentoo": 0.0}, model="noop:0")
 
 
-@bentoml.service(name="noop", workers=settings.workers, threads=settings.threads, traffic={"timeout": 60})
+@bentoml.service(name="noop", **server_config(settings))
 class Noop:
     def __init__(self) -> None:
         workarounds.apply(settings.max_batch_wait_ms)
         workarounds.freeze_heap()
+        workarounds.spread_connections(worker_index())
 
     @bentoml.api(
         batchable=settings.batching, max_batch_size=settings.max_batch_size, max_latency_ms=settings.max_latency_ms

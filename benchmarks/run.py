@@ -3,6 +3,7 @@ baseline, all started here on loopback and measured in the same run, with ratios
 
     uv run python benchmarks/run.py            # full: 5 rounds of 5 s per load point (about 13 minutes)
     uv run python benchmarks/run.py --quick    # short: 1 round of 1 s, about 2 minutes (CI runs it: it cannot rot)
+    uv run python benchmarks/run.py --peers    # ours against MLServer, KServe, FastAPI (+ sklearn, + onnxruntime)
 
 All servers run at once and the load points are interleaved (at each concurrency, round after round: the ceiling,
 ours, the baselines), and every ratio is the median of the ratios within a round: figures taken seconds apart on this
@@ -160,10 +161,19 @@ def main() -> int:
     parser.add_argument(
         "--quick", action="store_true", help="1 round of 1 s per load point instead of 5 of 5 s (figures are rough)"
     )
-    parser.add_argument("--out", type=Path, default=ROOT / "bench-results" / "benchmark.json")
+    parser.add_argument(
+        "--peers", action="store_true", help="ours against the peers, each in its own environment (docs/performance.md)"
+    )
+    parser.add_argument("--rounds", type=int, default=None, help="--peers: rounds per load point (default 5, quick 1)")
+    parser.add_argument("--out", type=Path, default=None, help="where the JSON results go (bench-results/...)")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("benchmarks need wrk: apt-get install wrk")
+    if args.peers:
+        from benchmarks.peers.compare import compare
+
+        return compare(args.quick, args.out or ROOT / "bench-results" / "peers.json", args.rounds)
+    args.out = args.out or ROOT / "bench-results" / "benchmark.json"
     seconds, rounds = (1, 1) if args.quick else (5, 5)
     single = {"penguins": [EXAMPLE_PENGUIN]}
     results: dict = {

@@ -9,6 +9,9 @@ import pandas as pd
 
 from penguins.contract import CATEGORICAL_FEATURES, FEATURES, NUMERIC_FEATURES, TARGET
 
+# How a model's metadata names the bundled dataset as its source.
+BUNDLED_SOURCE = "palmerpenguins (bundled)"
+
 
 def load_penguins() -> pd.DataFrame:
     """The dataset the `palmerpenguins` package ships (no download), shaped by `prepare`."""

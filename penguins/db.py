@@ -22,7 +22,8 @@ import math
 import os
 import sys
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -143,11 +144,17 @@ def clean_source(url: str) -> str:
     return f"{safe_url(url)}#{CLEAN_TABLE}"
 
 
-def engine_for(url: str) -> Engine:
+@contextmanager
+def engine_for(url: str) -> Iterator[Engine]:
+    """An engine for one operation, disposed of (its pooled connections closed) when the operation ends."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
         Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-    return create_engine(parsed, pool_pre_ping=True)
+    engine = create_engine(parsed, pool_pre_ping=True)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
 
 
 def _check_schema(engine: Engine, table: Table) -> None:
@@ -230,16 +237,13 @@ def ingest(url: str | None = None, csv: str | Path | None = None, source: str | 
             row[column] = value
         rows.append(row)
 
-    engine = engine_for(url)
-    try:
+    with engine_for(url) as engine:
         _check_schema(engine, raw_table)
         with engine.begin() as connection:
             replaced = connection.execute(delete(raw_table).where(raw_table.c.source == source[:RAW_TEXT])).rowcount
             if rows:
                 connection.execute(insert(raw_table), rows)
             total = connection.execute(select(func.count()).select_from(raw_table)).scalar_one()
-    finally:
-        engine.dispose()
     return IngestReport(
         url=safe_url(url),
         table=RAW_TABLE,
@@ -265,6 +269,7 @@ _ERROR_KINDS = {
     "float_parsing": "not_a_number",
     "float_type": "not_a_number",
     "greater_than": "out_of_range",
+    "greater_than_equal": "out_of_range",
     "less_than_equal": "out_of_range",
     "finite_number": "out_of_range",
     "literal_error": "unknown_value",
@@ -306,8 +311,7 @@ def clean(url: str | None = None, examples: int = 10) -> CleanReport:
     The report counts rejected rows by reason (`<kind>:<column>`, e.g. `out_of_range:body_mass_g`) and shows a few.
     """
     url = url or default_url()
-    engine = engine_for(url)
-    try:
+    with engine_for(url) as engine:
         _check_schema(engine, raw_table)
         _check_schema(engine, clean_table)
         with engine.begin() as connection:
@@ -342,8 +346,6 @@ def clean(url: str | None = None, examples: int = 10) -> CleanReport:
             connection.execute(delete(clean_table))
             if cleaned:
                 connection.execute(insert(clean_table), cleaned)
-    finally:
-        engine.dispose()
     report.rejected = dict(sorted(rejected.items()))
     report.rows_out = len(cleaned)
     return report
@@ -354,15 +356,12 @@ def load_clean(url: str | None = None) -> pd.DataFrame:
     from penguins.data import prepare
 
     url = url or default_url()
-    engine = engine_for(url)
-    try:
+    with engine_for(url) as engine:
         if not inspect(engine).has_table(CLEAN_TABLE):
             raise LookupError(f"{safe_url(url)} has no table {CLEAN_TABLE}: run ingest and clean first")
         columns = [clean_table.c[name] for name in (*FEATURES, TARGET)]
         with engine.connect() as connection:
             rows = connection.execute(select(*columns).order_by(clean_table.c.id)).all()
-    finally:
-        engine.dispose()
     frame = pd.DataFrame(rows, columns=[*FEATURES, TARGET])
     if frame.empty:
         raise LookupError(f"{CLEAN_TABLE} in {safe_url(url)} is empty: nothing to train on")

@@ -98,16 +98,24 @@ def input_feature_of(column: str) -> str:
     return max(matches, key=len)
 
 
+def preprocessing_of(pipeline: Any) -> Any:
+    """Every step before the classifier: the contract's preprocessing, or an own pipeline's steps."""
+    return pipeline[:-1]
+
+
 def importance(pipeline: Any, x_test: pd.DataFrame, y_test: pd.Series, seed: int) -> dict[str, Any]:
-    """The model's own importances when it has them, else permutation importance on the held-out part."""
-    estimator = pipeline.named_steps["classifier"]
-    native = getattr(estimator, "feature_importances_", None)
+    """The model's own importances when it has them and its columns trace back to the contract's features, else
+    permutation importance on the held-out part (any classifier: MLP, SVM, KNN, ...)."""
+    native = getattr(pipeline[-1], "feature_importances_", None)
     if native is not None:
-        columns = pipeline.named_steps["preprocess"].get_feature_names_out()
-        values = dict.fromkeys(FEATURES, 0.0)
-        for column, value in zip(columns, native, strict=True):
-            values[input_feature_of(column)] += float(value)
-        return {"method": "impurity", "values": values}
+        try:
+            columns = preprocessing_of(pipeline).get_feature_names_out()
+            values = dict.fromkeys(FEATURES, 0.0)
+            for column, value in zip(columns, native, strict=True):
+                values[input_feature_of(column)] += float(value)
+            return {"method": "impurity", "values": values}
+        except (AttributeError, ValueError):  # an own pipeline's columns need not name the features
+            pass
     from sklearn.inspection import permutation_importance
 
     result = permutation_importance(
@@ -125,7 +133,7 @@ def build(
     """What explanations of this fitted pipeline need, as a picklable plain dict."""
     from sklearn.decomposition import PCA
 
-    preprocessed = _dense(pipeline.named_steps["preprocess"].transform(x_train))
+    preprocessed = _dense(preprocessing_of(pipeline).transform(x_train))
     pca = PCA(n_components=2, svd_solver="full").fit(preprocessed)
     rows = columns_from_frame(x_train)
     return {
@@ -174,7 +182,7 @@ class Explainer:
         if components.shape != (2, d):
             raise ValueError(f"explanation data: PCA components of shape {components.shape}, expected (2, {d})")
         explainer = cls(
-            preprocess=pipeline.named_steps["preprocess"],
+            preprocess=preprocessing_of(pipeline),
             rows=rows,
             species=species,
             preprocessed=preprocessed,

@@ -79,7 +79,7 @@ def decide(
 
 
 def skipped(metrics: dict[str, Any]) -> Decision:
-    return Decision(True, METRIC, float(metrics[METRIC]), 0.0, None, None, "gate skipped (--no-gate)")
+    return Decision(True, METRIC, float(metrics[METRIC]), 0.0, None, None, "gate skipped (--no-gate, gate=False)")
 
 
 def save_gated(
@@ -88,12 +88,12 @@ def save_gated(
     """Decide, then save `trained` (a training.TrainedModel) with the decision as its `status` label and in its
     metadata (`gate`). Returns the new tag and the decision."""
     from penguins import repository
-    from penguins.training import save
+    from penguins.training import _save
 
     # With a model repository, the served version to beat may have been trained on another machine: fetch it first.
     if gate:
         repository.pull(store_dir)
     decision = decide(trained.name, trained.metrics, tolerance, store_dir) if gate else skipped(trained.metrics)
     trained.provenance["gate"] = decision.as_metadata()
-    tag = save(trained, labels={STATUS_LABEL: decision.status})
+    tag = _save(trained, labels={STATUS_LABEL: decision.status})
     return tag, decision

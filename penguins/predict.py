@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any, Protocol
 
 import numpy as np
@@ -18,9 +19,22 @@ PROBABILITY_TOLERANCE = 0.1
 MISSING_CATEGORY = ""
 
 
-def columns_of(penguins: Sequence[Penguin]) -> dict[str, list[Any]]:
-    """Column-wise values in contract order: what both predictors take, without building objects per row."""
-    return {feature: [getattr(p, feature) for p in penguins] for feature in FEATURES}
+_ROW = attrgetter(*FEATURES)
+
+
+def columns_of(penguins: Sequence[Penguin | tuple]) -> dict[str, list[Any]]:
+    """Column-wise values in contract order: what both predictors take.
+
+    Takes `Penguin`s, `FEATURES`-ordered tuples (a columnar request's rows) or both (a batch of several requests);
+    a columnar request's own columns (`PenguinRows.columns`) are used as they are.
+    """
+    columns = getattr(penguins, "columns", None)
+    if isinstance(columns, dict):
+        return columns
+    rows = [p if type(p) is tuple else _ROW(p) for p in penguins]
+    if not rows:
+        return {feature: [] for feature in FEATURES}
+    return {feature: list(values) for feature, values in zip(FEATURES, zip(*rows, strict=True), strict=True)}
 
 
 def columns_from_frame(frame: pd.DataFrame) -> dict[str, list[Any]]:
@@ -93,10 +107,11 @@ def compile_onnx(pipeline: Any) -> bytes:
 
     onnx_ready = copy.deepcopy(pipeline)
     # Same fitted imputer, but told that "" marks a missing category: skl2onnx converts string imputers only.
-    for _, transformer, _ in onnx_ready.named_steps["preprocess"].transformers_:
-        for step in getattr(transformer, "steps", ()):
-            if getattr(step[1], "strategy", None) == "most_frequent":
-                step[1].missing_values = MISSING_CATEGORY
+    for _, preprocess in onnx_ready.steps[:-1]:
+        for _, transformer, _ in getattr(preprocess, "transformers_", ()):
+            for step in getattr(transformer, "steps", ()):
+                if getattr(step[1], "strategy", None) == "most_frequent":
+                    step[1].missing_values = MISSING_CATEGORY
     inputs = [(f, StringTensorType([None, 1])) for f in CATEGORICAL_FEATURES]
     inputs += [(f, FloatTensorType([None, 1])) for f in NUMERIC_FEATURES]
     estimator = onnx_ready.steps[-1][1]

@@ -10,13 +10,17 @@ flushed before the response's last byte is sent. Read it all back with pandas:
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import fcntl
 import json
 import logging
 import os
 import re
 from datetime import UTC, datetime
+from functools import cache
 from pathlib import Path
+from typing import Any
 
 _MODEL = re.compile(rb'"model":\s*"([^"]+)"')
 logger = logging.getLogger(__name__)
@@ -96,13 +100,35 @@ class PredictionLog:
         try:
             if self._size and self._size + len(line) > self.max_bytes:
                 self._rotate()
-            os.write(self._fd, line)
+            written = os.write(self._fd, line)
+            if written != len(line):  # a disk that filled up mid-line: the start of it is on disk
+                raise OSError(errno.ENOSPC, f"short write ({written} of {len(line)} bytes)")
             self._size += len(line)
             self._failing = False
         except OSError as error:  # a full disk must not turn answers into 500s: say so when it starts, serve on
+            self._cut_back()
+            failures_counter().inc()
             if not self._failing:
                 logger.error("prediction log: cannot write to %s (%s); answering without it", self.path, error)
             self._failing = True
+
+    def _cut_back(self) -> None:
+        """Undo a partial line: the file ends with the last whole one, so the next line starts a line of its own."""
+        try:
+            os.ftruncate(self._fd, self._size)
+        except OSError:  # the file itself is gone or closed (a failed rotation, a vanished volume): start it again
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+            with contextlib.suppress(OSError):  # still failing: the next write tries again
+                self._open()
+
+
+@cache
+def failures_counter() -> Any:
+    """Lines the log could not write (disk full, volume gone), counted in the worker's /metrics."""
+    from prometheus_client import Counter
+
+    return Counter("penguins_prediction_log_failures", "Prediction-log lines that could not be written")
 
 
 def worker_index() -> int | None:

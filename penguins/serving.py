@@ -4,7 +4,6 @@ guards its routes before BentoML parses a byte."""
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 import time
 import uuid
@@ -15,8 +14,11 @@ from typing import Annotated, Any
 from bentoml.validators import ContentType
 from pydantic import BaseModel, Field
 
-from penguins.contract import Penguin, Prediction
+from penguins import workarounds
+from penguins.contract import Prediction, penguins_field
+from penguins.errors import NoModelLoaded, ServingError, UnknownModel
 from penguins.predlog import PredictionLog, worker_index
+from penguins.routes import ModelRoutes
 from penguins.settings import Settings, get_settings
 from penguins.store import (
     Change,
@@ -26,21 +28,21 @@ from penguins.store import (
     ReplicaStatus,
     RepositoryStatus,
     Signal,
+    Skipped,
     Snapshot,
     default_store_dir,
-    endpoint_name,
     replica_name,
+    route_of,
 )
 
 logger = logging.getLogger(__name__)
 
 # The endpoints' input and output types (also used by the benchmark's no-op service, to compare like with like).
-Penguins = Annotated[
-    list[Penguin], Field(min_length=1, max_length=get_settings().max_penguins, description="Penguins to classify")
-]
+Penguins = penguins_field(get_settings().max_penguins)
 # An explicit media type: without it BentoML 1.4.39 rebuilds the JSON schema of a list output on every response
-# just to find out it is JSON (~20% of a small request's CPU).
-Predictions = Annotated[list[Prediction], ContentType("application/json")]
+# just to find out it is JSON (~20% of a small request's CPU). Our answers are built from the model's arrays: they
+# are sent as returned, not validated again (workarounds.send_answers_as_returned).
+Predictions = Annotated[list[Prediction], ContentType("application/json"), workarounds.AS_RETURNED]
 # BentoML 1.4.39 flattens an optional top-level argument to its first `anyOf` branch, so the OpenAPI document would
 # say `type: string, default: null` (invalid); `nullable` keeps the published schema true to what the API accepts.
 ModelName = Annotated[
@@ -51,7 +53,21 @@ ModelName = Annotated[
     ),
 ]
 
-TRAIN_HINT = "train one (python train.py) and call reload"
+
+def server_config(settings: Settings) -> dict[str, Any]:
+    """The BentoML service configuration our settings make (the benchmark's no-op ceiling uses it too)."""
+    config: dict[str, Any] = {
+        "workers": settings.workers,
+        "threads": settings.threads,
+        "traffic": {"timeout": 60},
+        "logging": {"access": {"enabled": settings.access_log}},
+    }
+    if not settings.trace_requests:
+        # BentoML 1.4 always installs its tracing middleware; an excluded URL passes through it untouched.
+        config["tracing"] = {"excluded_urls": ".*"}
+    if settings.cors_origins:
+        config["http"] = {"cors": {"enabled": True, "access_control_allow_origins": settings.cors_origins}}
+    return config
 
 
 @cache
@@ -73,7 +89,7 @@ class ModelInfo(BaseModel):
     tag: str
     algorithm: str
     default: bool = Field(description="Used by classify when no model is named")
-    route: str | None = Field(description="Its own endpoint, or null when it was first saved after start-up")
+    route: str = Field(description="Its own endpoint (POST), which answers as soon as the model is served")
     predictor: str = Field(description="onnx (compiled at save time) or sklearn")
     trained_at: str | None
     metrics: dict[str, Any]
@@ -86,6 +102,13 @@ class RejectedInfo(BaseModel):
     trained_at: str | None
     metrics: dict[str, Any]
     gate: dict[str, Any] = Field(description="The promotion gate's decision: scores compared, tolerance, reason")
+
+
+class SkippedInfo(BaseModel):
+    name: str
+    tag: str | None
+    reason: str
+    fix: str = Field(description="The call that would serve it")
 
 
 class RepositoryInfo(BaseModel):
@@ -127,6 +150,9 @@ class ModelListing(BaseModel):
     rejected: list[RejectedInfo] = Field(
         default_factory=list, description="Versions kept in the store but not served: the promotion gate rejected them"
     )
+    skipped: list[SkippedInfo] = Field(
+        default_factory=list, description="Penguin-named models in the store that are not served, and why"
+    )
     replica: ReplicaInfo | None = Field(default=None, description="Which replica and worker answered, and its sync")
     repository: RepositoryInfo | None = Field(default=None, description="The model repository, when one is set")
 
@@ -136,8 +162,15 @@ class ReloadReport(BaseModel):
     updated: list[dict[str, str]]
     removed: list[str]
     failed: list[FailureInfo]
+    skipped: list[SkippedInfo] = Field(default_factory=list)
     serving: list[str]
     default: str | None
+    routes_added: list[str] = Field(default_factory=list, description="Per-model routes that answer from now on")
+    routes_removed: list[str] = Field(default_factory=list, description="Per-model routes gone from now on")
+    routes_answer: str = Field(
+        default="now",
+        description="When the routes above answer: from the next request on, in every worker of this server",
+    )
     replica: str | None = None
     signal: SignalInfo | None = Field(default=None, description="How far the reload's signal got")
     repository: RepositoryInfo | None = None
@@ -155,6 +188,10 @@ METRIC_KEYS = (
 
 def failures(items: tuple[Failure, ...] | list[Failure]) -> list[FailureInfo]:
     return [FailureInfo(name=f.name, tag=f.tag, reason=f.reason) for f in items]
+
+
+def skipped(items: tuple[Skipped, ...] | list[Skipped]) -> list[SkippedInfo]:
+    return [SkippedInfo(name=s.name, tag=s.tag, reason=s.reason, fix=s.fix) for s in items]
 
 
 def repository_info(status: RepositoryStatus | None) -> RepositoryInfo | None:
@@ -194,7 +231,7 @@ def signal_info(signal: Signal | None) -> SignalInfo | None:
     )
 
 
-def listing(snapshot: Snapshot, routes: dict[str, str], status: ReplicaStatus | None = None) -> ModelListing:
+def listing(snapshot: Snapshot, status: ReplicaStatus | None = None) -> ModelListing:
     best = snapshot.best()
 
     def info(model: LoadedModel) -> ModelInfo:
@@ -203,7 +240,7 @@ def listing(snapshot: Snapshot, routes: dict[str, str], status: ReplicaStatus | 
             tag=model.tag,
             algorithm=model.algorithm,
             default=model is best,
-            route=routes.get(model.name),
+            route=route_of(model.name),
             predictor=model.predictor.kind,
             trained_at=model.metadata.get("trained_at"),
             metrics={k: model.metadata[k] for k in METRIC_KEYS if k in model.metadata},
@@ -224,71 +261,47 @@ def listing(snapshot: Snapshot, routes: dict[str, str], status: ReplicaStatus | 
             )
             for r in snapshot.rejected
         ],
+        skipped=skipped(snapshot.skipped),
         replica=replica_info(status) if status else None,
         repository=repository_info(status.repository) if status else None,
     )
 
 
-def report(change: Change, snapshot: Snapshot, status: ReplicaStatus | None = None) -> ReloadReport:
-    best = snapshot.best()
+def report(change: Change, before: Snapshot, after: Snapshot, status: ReplicaStatus | None = None) -> ReloadReport:
+    best = after.best()
+    old, new = before.routes(), after.routes()
     return ReloadReport(
         added=change.added,
         updated=change.updated,
         removed=change.removed,
         failed=failures(change.failed),
+        skipped=skipped(change.skipped),
         serving=change.serving,
         default=best.tag if best else None,
+        routes_added=sorted(new.keys() - old.keys()),
+        routes_removed=sorted(old.keys() - new.keys()),
         replica=status.name if status else None,
         signal=signal_info(change.signal),
         repository=repository_info(status.repository) if status else None,
     )
 
 
-def error_body(status: int, message: str, **extra: Any) -> tuple[int, bytes]:
-    return status, json.dumps({"error": message, **extra}).encode()
+class Refused(ServingError):
+    """An answer the gateway gives before BentoML sees the request."""
 
-
-def resolve(snapshot: Snapshot, requested: str | None) -> LoadedModel | tuple[int, bytes]:
-    """The model a request asked for (name, algorithm or exact tag), the default one, or an error body."""
-    if not snapshot.models:
-        return error_body(503, f"no penguin model is loaded: {TRAIN_HINT}")
-    if requested is None:
-        return snapshot.best()  # type: ignore[return-value]
-    name, _, version = requested.partition(":")
-    for model in snapshot.models.values():
-        if name in (model.name, model.algorithm) and (not version or model.tag == f"{model.name}:{version}"):
-            return model
-    return error_body(
-        404,
-        f"model {requested!r} is not served",
-        field="model",
-        allowed=[m.name for m in snapshot.models.values()],
-        served_tags=[m.tag for m in snapshot.models.values()],
-    )
-
-
-def resolve_explainable(snapshot: Snapshot, requested: str | None) -> LoadedModel | tuple[int, bytes]:
-    """`resolve`, and a 409 error body when the model was saved without explanation data."""
-    chosen = resolve(snapshot, requested)
-    if not isinstance(chosen, tuple) and chosen.explainer is None:
-        return error_body(409, f"model {chosen.tag} was saved without explanation data: retrain it")
-    return chosen
-
-
-def typed_routes(algorithms: list[str]) -> dict[str, str]:
-    """Model name -> its own route, for the algorithms given endpoints at start-up."""
-    from penguins.store import model_name
-
-    return {model_name(a): f"/{endpoint_name(a)}" for a in algorithms}
+    def __init__(self, status: int, message: str, **details: Any):
+        super().__init__(message, **details)
+        self.status = status
 
 
 class Gateway:
     """Pure ASGI middleware in front of BentoML's routes.
 
-    - catches the worker up with a reload another worker did (one stat() per request otherwise);
+    - catches the worker up with a reload another worker did (one stat() per request otherwise), and makes the
+      app's per-model routes follow what the worker serves (penguins.routes);
     - refuses bodies over the configured size from Content-Length, and while streaming, before parsing;
-    - answers 503 on a per-model route whose model is not loaded (the batched endpoint itself cannot answer one
-      request of a batch with an error of its own);
+    - answers a per-model route of a model that is not served with a JSON 404 naming the served ones (503 when none
+      is), before BentoML would answer a text/plain 404;
     - requires the admin bearer token, when configured, on state-changing routes;
     - writes the prediction log, per request even inside a batch, before the response's last byte is sent.
     """
@@ -296,22 +309,21 @@ class Gateway:
     def __init__(
         self,
         app: Callable[..., Any],
-        model_routes: dict[str, str],
         admin_routes: tuple[str, ...] = ("/reload",),
         settings: Settings | None = None,
     ):
         self.app = app
-        self.route_models = {route: name for name, route in model_routes.items()}
-        self.prediction_routes = {"/classify", *self.route_models}
         self.admin_routes = admin_routes
         self.settings = settings or get_settings()
+        self.routes = ModelRoutes(self.settings)
         token = self.settings.admin_token
         self.token = token.get_secret_value().encode() if token else None
         self._log: PredictionLog | None = None
+        self._log_wanted = self.settings.log_predictions  # off for good once the log cannot be written
 
     def prediction_log(self) -> PredictionLog | None:
         # Made on first use, in the worker (the worker index is known only there), never at import.
-        if self._log is None and self.settings.log_predictions:
+        if self._log is None and self._log_wanted:
             directory = self.settings.log_dir or default_store_dir().parent / "prediction-logs"
             try:
                 self._log = PredictionLog(
@@ -319,7 +331,7 @@ class Gateway:
                 )
             except OSError as error:  # an unwritable log must not turn answers into 500s: say so once, serve on
                 logger.error("prediction log disabled: cannot write to %s (%s)", directory, error)
-                self.settings = self.settings.model_copy(update={"log_predictions": False})
+                self._log_wanted = False
         return self._log
 
     async def __call__(self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
@@ -331,52 +343,51 @@ class Gateway:
         if self.token is not None and path in self.admin_routes:
             supplied = headers.get(b"authorization", b"")
             if not hmac.compare_digest(supplied, b"Bearer " + self.token):
-                return await _respond(
-                    send,
-                    *error_body(401, f"{path} needs the admin bearer token"),
-                    extra_headers=[(b"www-authenticate", b"Bearer")],
-                )
+                refused = Refused(401, f"{path} needs the admin bearer token")
+                return await _respond(send, refused, extra_headers=[(b"www-authenticate", b"Bearer")])
 
         limit = self.settings.max_body_bytes
         declared = headers.get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
-            return await _respond(send, *error_body(413, f"request body over {limit} bytes", limit_bytes=limit))
+            return await _respond(send, Refused(413, f"request body over {limit} bytes", limit_bytes=limit))
 
         registry = get_registry()
         if registry.is_stale():
             import anyio
 
             await anyio.to_thread.run_sync(registry.sync)
-
-        name = self.route_models.get(path)
-        if name is not None and name not in registry.snapshot.models:
-            return await _respond(send, *error_body(503, f"model {name} is not loaded: {TRAIN_HINT}", model=name))
+        snapshot = registry.snapshot
+        self.routes.follow(scope["app"], snapshot)
+        typed = path in self.routes.by_route
+        if not typed and path.startswith(MODEL_ROUTE_PREFIX):
+            served = list(snapshot.models.values())
+            requested = path.removeprefix(MODEL_ROUTE_PREFIX).replace("_", "-")[:80]
+            error = UnknownModel(requested, [m.name for m in served], [m.tag for m in served]) if served else None
+            return await _respond(send, error or NoModelLoaded())
 
         if declared is None and scope.get("method") == "POST":
             # No Content-Length (chunked): read it here, bounded, and replay it; BentoML buffers it whole anyway.
             body = await _read_bounded(receive, limit)
             if body is None:
-                return await _respond(send, *error_body(413, f"request body over {limit} bytes", limit_bytes=limit))
+                return await _respond(send, Refused(413, f"request body over {limit} bytes", limit_bytes=limit))
             receive = _replay(body, receive)
-        log = self.prediction_log() if path in self.prediction_routes else None
+        log = self.prediction_log() if typed or path == "/classify" else None
         if log is not None:
             receive, send = _recorded(scope, receive, send, log, headers)
         await self.app(scope, receive, send)
 
 
+# Every per-model route starts so (store.endpoint_name).
+MODEL_ROUTE_PREFIX = "/classify_"
+
+
 def _recorded(scope, receive, send, log: PredictionLog, headers: dict[bytes, bytes]):
-    """Wrap receive/send to keep copies of both bodies; log a 200 before its final body message goes out."""
-    request_id = headers.get(b"x-request-id", b"").decode("latin-1")[:128] or uuid.uuid4().hex
+    """Wrap send to keep a copy of the response body; log a 200 before its final body message goes out, with the
+    input BentoML validated (never the raw request text: it may be anything that parsed)."""
+    request_id = headers.get(b"x-request-id", b"").decode("latin-1") or uuid.uuid4().hex  # refused unless ASCII
     started = time.perf_counter()
-    request_chunks: list[bytes] = []
     response_chunks: list[bytes] = []
     status = 0
-
-    async def receive_recorded() -> dict[str, Any]:
-        message = await receive()
-        if message["type"] == "http.request":
-            request_chunks.append(message.get("body", b""))
-        return message
 
     async def send_recorded(message: dict[str, Any]) -> None:
         nonlocal status
@@ -389,13 +400,23 @@ def _recorded(scope, receive, send, log: PredictionLog, headers: dict[bytes, byt
                 log.write(
                     request_id,
                     scope["path"],
-                    b"".join(request_chunks),
+                    _validated_json(scope),
                     b"".join(response_chunks),
                     time.perf_counter() - started,
                 )
         await send(message)
 
-    return receive_recorded, send_recorded
+    return receive, send_recorded
+
+
+def _validated_json(scope: dict[str, Any]) -> bytes:
+    from penguins.workarounds import VALIDATED, VALIDATED_JSON
+
+    serialised = scope.get(VALIDATED_JSON)
+    if serialised is not None:
+        return serialised
+    validated = scope.get(VALIDATED)
+    return b"null" if validated is None else validated.__pydantic_serializer__.to_json(validated)
 
 
 async def _read_bounded(receive: Callable[..., Any], limit: int) -> bytes | None:
@@ -427,7 +448,8 @@ def _replay(body: bytes, receive: Callable[..., Any]) -> Callable[..., Any]:
     return replayed
 
 
-async def _respond(send: Callable[..., Any], status: int, body: bytes, extra_headers: list | None = None) -> None:
+async def _respond(send: Callable[..., Any], error: ServingError, extra_headers: list | None = None) -> None:
+    status, body = error.status, error.body()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers + (extra_headers or [])})
     await send({"type": "http.response.body", "body": body})

@@ -18,7 +18,7 @@ class Settings(BaseSettings):
     workers: int = Field(default=1, ge=1)
     threads: int = Field(default=4, ge=1)
     batching: bool = Field(default=True, description="Adaptive batching on the per-model endpoints")
-    # Penguins per batch: bulk requests to a per-model endpoint are split into chunks of this size.
+    # Most penguins that different requests to a per-model endpoint combine into one batch (a request is never split).
     max_batch_size: int = Field(default=1000, ge=2)
     # Not the batching wait (that is max_batch_wait_ms) but its load-shedding bound: BentoML 1.4 cancels a queued
     # request whose expected latency passes it. At 20 ms it dropped requests at concurrency 8 on this machine.
@@ -26,6 +26,10 @@ class Settings(BaseSettings):
     # The longest a queued request waits for company before its batch goes. BentoML 1.4 learns this wait from past
     # batches and, after heavy load, can settle on ~15 ms for a lone client; we cap what it learns.
     max_batch_wait_ms: float = Field(default=1.0, ge=0)
+    # BentoML's OpenTelemetry span for every request. Spans leave the worker only through a tracing exporter set in
+    # BentoML's own configuration (`tracing:`); without one they went nowhere and cost ~40% of a small request's CPU.
+    trace_requests: bool = Field(default=False, description="Trace every request (needs BentoML's tracing exporter)")
+    access_log: bool = Field(default=True, description="BentoML's access log: one line per request on stdout")
     compiled: bool = Field(default=True, description="Serve the ONNX form of a model when it was saved with one")
     admin_token: SecretStr | None = Field(default=None, description="Bearer token required by reload")
     # Where orchestrators put secrets (a Docker secret in /run/secrets, a mounted Kubernetes Secret): the token then
@@ -58,6 +62,20 @@ class Settings(BaseSettings):
         if not re.fullmatch(r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^\s]*)?", value):
             raise ValueError("must be s3://bucket or s3://bucket/prefix (a valid bucket name, no spaces)")
         return value.rstrip("/")
+
+    # A body this big (about 450 penguins) is bulk: validated in a thread, not on the event loop, and only
+    # `bulk_concurrency` of them are worked on at once per worker; more are answered 429 with Retry-After.
+    bulk_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    bulk_concurrency: int = Field(default=1, ge=1, description="Bulk requests a worker works on at once")
+    bulk_retry_after_s: int = Field(default=1, ge=1, description="Retry-After of a 429 for bulk requests")
+    # On SIGTERM a worker finishes what is in flight within this, answering new requests 503 meanwhile (docker stop
+    # waits 10 s before SIGKILL).
+    drain_s: float = Field(default=8.0, ge=0, description="Longest a worker drains on SIGTERM")
+    # Slow clients: a request's headers must arrive within header_timeout_s, its body within body_timeout_s after;
+    # beyond max_connections per worker the least recently active idle connection is closed for a new one.
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    body_timeout_s: float = Field(default=30.0, gt=0)
+    max_connections: int = Field(default=4096, ge=16, description="Connections a worker holds at once")
 
     @model_validator(mode="after")
     def _read_token_file(self) -> Settings:

@@ -51,6 +51,25 @@ def endpoint_name(algorithm: str) -> str:
     return "classify_" + re.sub(r"\W", "_", algorithm)
 
 
+MAX_NAME_LENGTH = 40
+_NAME = re.compile(r"[a-z][a-z0-9]*(-[a-z0-9]+)*")
+
+
+def check_model_name(name: str) -> str:
+    """The one rule for a servable name (the part after `penguins-`); returns it, or raises ValueError saying why."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or len(name) > MAX_NAME_LENGTH:
+        raise ValueError(
+            f"invalid model name {name!r}: use lowercase letters and digits in words joined by single hyphens, "
+            f"starting with a letter, at most {MAX_NAME_LENGTH} characters (e.g. extra-trees)"
+        )
+    return name
+
+
+def route_of(name: str) -> str:
+    """A stored model's own route, from its model name alone (never from a label someone else may have written)."""
+    return "/" + endpoint_name(name.removeprefix(MODEL_PREFIX))
+
+
 def default_store_dir() -> Path:
     """BentoML's own model store: $BENTOML_HOME/models."""
     from bentoml._internal.configuration.containers import BentoMLContainer
@@ -80,6 +99,16 @@ class StoredModel:
 
 
 @dataclass(frozen=True)
+class Skipped:
+    """A penguin-named model that is not served, why, and the one call that would serve it."""
+
+    name: str
+    tag: str | None
+    reason: str
+    fix: str
+
+
+@dataclass(frozen=True)
 class RejectedVersion:
     """A version the promotion gate kept out of service, with what it was judged on."""
 
@@ -100,26 +129,28 @@ def scan(store_dir: Path) -> tuple[list[StoredModel], list[Failure]]:
     Per model name, the version served is BentoML's `latest` unless it is labelled `status=rejected`; then it is the
     newest complete version not labelled so (none: the name is not served).
     """
-    found, failures, _ = scan_with_rejected(store_dir, list_rejected=False)
+    found, failures, _, _ = scan_with_rejected(store_dir, list_rejected=False)
     return found, failures
 
 
 def scan_with_rejected(
     store_dir: Path, list_rejected: bool = True
-) -> tuple[list[StoredModel], list[Failure], list[RejectedVersion]]:
-    """`scan`, plus every version labelled rejected (newest first per name) when `list_rejected`."""
+) -> tuple[list[StoredModel], list[Failure], list[RejectedVersion], list[Skipped]]:
+    """`scan`, plus every version labelled rejected (newest first per name) when `list_rejected`, and the
+    penguin-named models that are not served (saved some other way, or under a name that cannot be a route)."""
     from bentoml._internal.models.model import Model
 
     found: list[StoredModel] = []
     failures: list[Failure] = []
     rejected: list[RejectedVersion] = []
+    skipped: list[Skipped] = []
     try:
         entries = sorted(store_dir.iterdir())
     except FileNotFoundError:
-        return found, failures, rejected  # no store yet, or it is gone for now (the registry keeps what it loaded)
+        return found, failures, rejected, skipped  # no store yet, or gone for now (the registry keeps what it loaded)
     except OSError as error:  # permission denied, a stale mount: a failure, never "the store is empty"
         failures.append(Failure(STORE_FAILURE, f"cannot read the model store {store_dir} ({_reason(error)})"))
-        return found, failures, rejected
+        return found, failures, rejected, skipped
     for entry in entries:
         name = entry.name
         if name.startswith(".") or not re.fullmatch(r"[a-z0-9][a-z0-9._-]*", name):
@@ -130,12 +161,21 @@ def scan_with_rejected(
                 continue
             version = _latest_version(entry)
             model = Model.from_path(entry / version)
+            if model.tag.name != name:
+                raise ValueError(f"its folder holds a copy of {model.tag} (a version must be its own model's)")
         except Exception as error:
             if name.startswith(MODEL_PREFIX):  # only our own names are worth a report
                 failures.append(Failure(name, _reason(error), f"{name}:{version}" if version else None))
             continue
         labels = model.info.labels
         if labels.get("project") != PROJECT:
+            if name.startswith(MODEL_PREFIX):  # penguin-named: never ignored silently
+                skipped.append(_skipped_unlabelled(name, str(model.tag)))
+            continue
+        try:
+            check_model_name(name.removeprefix(MODEL_PREFIX))
+        except ValueError as error:
+            skipped.append(Skipped(name, str(model.tag), str(error), "save it again under a valid name"))
             continue
         algorithm = labels.get("algorithm") or name.removeprefix(MODEL_PREFIX)
         others: list[tuple[str, Any]] | None = None
@@ -166,7 +206,17 @@ def scan_with_rejected(
                             other.info.creation_time.isoformat(timespec="seconds"),
                         )
                     )
-    return found, failures, rejected
+    return found, failures, rejected, skipped
+
+
+def _skipped_unlabelled(name: str, tag: str) -> Skipped:
+    short = name.removeprefix(MODEL_PREFIX)
+    return Skipped(
+        name,
+        tag,
+        "saved without this project's labels (not through the promotion gate), so it is not served",
+        f"penguins.training.train_and_save(pipeline_or_classifier, {short!r})",
+    )
 
 
 def _is_rejected(model: Any) -> bool:
@@ -180,11 +230,13 @@ def _complete_versions(model_dir: Path) -> list[tuple[str, Any]]:
 
     versions = []
     for path in model_dir.iterdir():
-        if path.name.startswith(".") or not path.is_dir():
+        if path.name.startswith(".") or not path.is_dir() or path.is_symlink():
             continue
         try:
             model = Model.from_path(path)
         except Exception:
+            continue
+        if model.tag.name != model_dir.name:
             continue
         versions.append((path.name, model))
     versions.sort(key=lambda vm: (vm[1].info.creation_time, vm[0]), reverse=True)
@@ -210,9 +262,16 @@ def _latest_version(model_dir: Path) -> str:
     latest = model_dir / "latest"
     if latest.is_file():
         version = latest.read_text().strip()
-        if version and (model_dir / version).is_dir():
+        # A version is one folder inside its own model's folder: never a path to another model's.
+        if _VERSION.fullmatch(version) and (model_dir / version).is_dir() and not (model_dir / version).is_symlink():
             return version
+        if version and not _VERSION.fullmatch(version):
+            raise ValueError(f"{model_dir.name}'s 'latest' file names {version[:80]!r}, which is not a version")
     raise FileNotFoundError(f"{model_dir.name} has no complete version (no valid 'latest' file)")
+
+
+# BentoML's own rule for a tag's version; no dots at the ends, so never "." or "..".
+_VERSION = re.compile(r"[a-z0-9]([a-z0-9._-]{0,62}[a-z0-9])?")
 
 
 def _reason(error: BaseException) -> str:
@@ -295,12 +354,39 @@ class Snapshot:
     models: dict[str, LoadedModel] = field(default_factory=dict)
     failures: tuple[Failure, ...] = ()
     rejected: tuple[RejectedVersion, ...] = ()
+    skipped: tuple[Skipped, ...] = ()
 
     def best(self) -> LoadedModel | None:
         """The default model: highest cross-validated accuracy (ties broken by name)."""
         if not self.models:
             return None
         return max(self.models.values(), key=lambda m: (m.cv_accuracy, m.name))
+
+    def routes(self) -> dict[str, str]:
+        """Each served model's own route -> its name: what the service's per-model endpoints are."""
+        return {route_of(name): name for name in self.models}
+
+    def lookup(self, requested: str | None = None, explainable: bool = False) -> LoadedModel:
+        """The model a request asked for (name, algorithm or exact tag; None: the default one), or a typed error."""
+        from penguins.errors import NoModelLoaded, NotExplainable, UnknownModel
+
+        if not self.models:
+            raise NoModelLoaded()
+        chosen = self.best() if requested is None else self._find(requested)
+        if chosen is None:
+            served = list(self.models.values())
+            raise UnknownModel(requested or "", [m.name for m in served], [m.tag for m in served])
+        if explainable and chosen.explainer is None:
+            raise NotExplainable(chosen.tag)
+        return chosen
+
+    def _find(self, requested: str) -> LoadedModel | None:
+        name, _, version = requested.partition(":")
+        for model in self.models.values():
+            short = model.name.removeprefix(MODEL_PREFIX)
+            if name in (model.name, short, model.algorithm) and (not version or model.tag == f"{model.name}:{version}"):
+                return model
+        return None
 
 
 @dataclass(frozen=True)
@@ -353,6 +439,7 @@ class Change:
     removed: list[str]
     failed: list[Failure]
     serving: list[str]
+    skipped: list[Skipped] = field(default_factory=list)
     signal: Signal | None = None  # set by reload
 
 
@@ -565,7 +652,7 @@ class Registry:
     def _refresh(self, pull: bool, why: str) -> Change:
         if pull and self.repository is not None:
             self._pull()
-        stored, failures, rejected = scan_with_rejected(self.store_dir)
+        stored, failures, rejected, skipped = scan_with_rejected(self.store_dir)
         local_tags = {m.tag for m in stored} | {f.tag for f in failures if f.tag}
         failures += [f for f in self._pull_failures if f.tag not in local_tags]
         current = self._snapshot.models
@@ -580,7 +667,7 @@ class Registry:
             gone = Failure(STORE_FAILURE, f"{what}; serving the models loaded before")
             if gone not in self._snapshot.failures:
                 logger.error("%s", gone.reason)
-            self._replace(Snapshot(current, (gone,), self._snapshot.rejected), why)
+            self._replace(Snapshot(current, (gone,), self._snapshot.rejected, self._snapshot.skipped), why)
             return Change(added=[], updated=[], removed=[], failed=[gone], serving=[m.tag for m in current.values()])
         models: dict[str, LoadedModel] = {}
         for entry in stored:
@@ -597,7 +684,7 @@ class Registry:
             if failure.name in current and failure.name not in models:
                 models[failure.name] = current[failure.name]
         self.retired = {n: m for n, m in current.items() if n not in models}
-        self._replace(Snapshot(dict(sorted(models.items())), tuple(failures), tuple(rejected)), why)
+        self._replace(Snapshot(dict(sorted(models.items())), tuple(failures), tuple(rejected), tuple(skipped)), why)
         self._loaded_once = True
         return Change(
             added=[m.tag for n, m in models.items() if n not in current],
@@ -609,6 +696,7 @@ class Registry:
             removed=[m.tag for n, m in current.items() if n not in models],
             failed=failures,
             serving=[m.tag for m in models.values()],
+            skipped=skipped,
         )
 
     def _replace(self, snapshot: Snapshot, why: str) -> None:
@@ -618,6 +706,7 @@ class Registry:
             {n: m.tag for n, m in old.models.items()} == {n: m.tag for n, m in snapshot.models.items()}
             and old.failures == snapshot.failures
             and old.rejected == snapshot.rejected
+            and old.skipped == snapshot.skipped
         ):
             return
         self._snapshot = snapshot

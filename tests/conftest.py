@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 os.environ["BENTOML_DO_NOT_TRACK"] = "true"
@@ -19,6 +20,10 @@ import pytest  # noqa: E402
 
 from penguins.contract import EXAMPLE_PENGUIN, TARGET  # noqa: E402
 from penguins.data import load_penguins  # noqa: E402
+from tests.servers import SESSION_TAG, kill_tagged, session_id, tagged  # noqa: E402
+from tests.tiers import unavailable  # noqa: E402
+
+session_id()  # set before pytest-xdist starts its workers, so that they share it
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,10 +41,12 @@ def small_frame(frame):
 
 @pytest.fixture(scope="session")
 def trained(frame):
-    """Every algorithm trained on the full data and saved into the session's store, once."""
-    from penguins.training import ALGORITHMS, save, train
+    """Every algorithm trained on the full data and saved (through the gate: all promoted, the store is empty) into
+    the session's store, once."""
+    from penguins.gate import save_gated
+    from penguins.training import ALGORITHMS, train
 
-    return {algorithm: (model, save(model)) for algorithm in ALGORITHMS for model in [train(algorithm, frame)]}
+    return {algorithm: (model, save_gated(model)[0]) for algorithm in ALGORITHMS for model in [train(algorithm, frame)]}
 
 
 @pytest.fixture(scope="session")
@@ -119,7 +126,37 @@ def pytest_sessionstart(session):
         shutil.rmtree(FIGURES_DIR, ignore_errors=True)
 
 
+LEFT_BEHIND: list[str] = []
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session):
+    """Fail the run when a process the tests started (a server, its workers, a database) is still alive: each test
+    must stop what it started on every exit path. What is found is killed, so the next run starts clean."""
+    if hasattr(session.config, "workerinput"):
+        return  # the controlling process checks once every worker is done
+    deadline = time.monotonic() + 15  # a server stopped just now may still be exiting
+    while (alive := tagged(SESSION_TAG, session_id())) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    if alive:
+        LEFT_BEHIND.extend(f"pid {p.pid}: {' '.join(_cmdline(p))[:200]}" for p in alive)
+        kill_tagged(SESSION_TAG, session_id())
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def _cmdline(process) -> list[str]:
+    try:
+        return process.cmdline()
+    except Exception:
+        return ["?"]
+
+
 def pytest_terminal_summary(terminalreporter):
+    if LEFT_BEHIND:
+        terminalreporter.section("processes left behind", red=True)
+        for line in LEFT_BEHIND:
+            terminalreporter.write_line(line)
+        terminalreporter.write_line("FAILED: tests left these processes running (killed now)", red=True)
     found: dict[str, dict] = {}
     for path in sorted(FIGURES_DIR.glob("*.json")):
         found.update(json.loads(path.read_text()))
@@ -138,7 +175,7 @@ def _database(start):
         try:
             url = stack.enter_context(start())
         except Unavailable as reason:
-            pytest.skip(str(reason))
+            unavailable(str(reason))
         yield url
 
 
@@ -158,7 +195,9 @@ def postgres_server():
     yield from _database(postgres)
 
 
-@pytest.fixture(params=["sqlite", "mariadb", "postgresql"])
+@pytest.fixture(
+    params=["sqlite", pytest.param("mariadb", marks=pytest.mark.db), pytest.param("postgresql", marks=pytest.mark.db)]
+)
 def db_url(request, tmp_path):
     """A database with none of this project's tables: a SQLite file, or the session's MariaDB or PostgreSQL."""
     if request.param == "sqlite":
@@ -173,3 +212,16 @@ def db_url(request, tmp_path):
     metadata.drop_all(engine)
     engine.dispose()
     yield url
+
+
+# Every test runs in one tier, named by a marker (pyproject.toml lists them). Tests that start nothing are `unit`,
+# those on the service's ASGI app in this process `inprocess`: together the inner loop (`pytest -m "unit or
+# inprocess"`). The others say their tier themselves (a real server, a browser, containers, databases, ...).
+IN_PROCESS_FIXTURES = {"client", "svc"}
+
+
+def pytest_collection_modifyitems(config, items):
+    tiers = {line.split(":")[0].strip() for line in config.getini("markers")}
+    for item in items:
+        if not {m.name for m in item.iter_markers()} & tiers:
+            item.add_marker("inprocess" if IN_PROCESS_FIXTURES & set(item.fixturenames) else "unit")

@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from tests.servers import free_port, stop_group
+from tests.servers import free_port, stop_group, tagged_env
 
 MARIADB_INSTALL = "apt-get install -y mariadb-server"
 POSTGRES_INSTALL = "apt-get install -y postgresql"
@@ -84,6 +84,7 @@ def mariadb() -> Iterator[str]:
         root,
     )
     port = free_port()
+    env, tag = tagged_env(dict(os.environ))
     with log.open("w") as out:
         process = subprocess.Popen(
             [
@@ -100,8 +101,10 @@ def mariadb() -> Iterator[str]:
             ],
             stdout=out,
             stderr=subprocess.STDOUT,
+            env=env,
             start_new_session=True,
         )
+    process.tag = tag  # stop_group finds its whole tree by it
     try:
         _wait(socket.exists, process, log, "mariadbd")
         sql = (
@@ -152,6 +155,7 @@ def postgres() -> Iterator[str]:
     log.touch()
     if run_as:
         shutil.chown(log, "postgres", "postgres")
+    env, tag = tagged_env(dict(os.environ))
     with log.open("w") as out:
         process = subprocess.Popen(
             [
@@ -172,8 +176,10 @@ def postgres() -> Iterator[str]:
             ],
             stdout=out,
             stderr=subprocess.STDOUT,
+            env=env,
             start_new_session=True,
         )
+    process.tag = tag  # stop_group finds its whole tree by it
     try:
         _wait(lambda: (root / f".s.PGSQL.{port}").exists(), process, log, "postgres")
         time.sleep(0.5)

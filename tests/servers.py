@@ -9,12 +9,56 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# Every process a test starts carries these in its environment, and so do its descendants: BentoML's workers run in
+# sessions of their own (killpg on the server's group misses them), and outlive an arbiter that was SIGKILLed.
+SESSION_TAG = "PENGUINS_TEST_SESSION_OF"  # the test session that started it (conftest checks at the end)
+PROCESS_TAG = "PENGUINS_TEST_PROCESS"  # one value per started process tree
+
+
+def session_id() -> str:
+    """The test session's id, inherited by pytest-xdist's workers from the controlling process."""
+    return os.environ.setdefault("PENGUINS_TEST_SESSION", uuid.uuid4().hex)
+
+
+def tagged_env(env: dict[str, str]) -> tuple[dict[str, str], str]:
+    """`env` with this session's and a fresh process tag; returns the tag too."""
+    tag = uuid.uuid4().hex
+    return {**env, SESSION_TAG: session_id(), PROCESS_TAG: tag}, tag
+
+
+def tagged(name: str, value: str) -> list[psutil.Process]:
+    """Live processes whose environment has `name=value` (zombies, already dead, do not count)."""
+    found = []
+    for process in psutil.process_iter():
+        try:
+            if process.status() != psutil.STATUS_ZOMBIE and process.environ().get(name) == value:
+                found.append(process)
+        except psutil.Error:  # gone meanwhile, or not ours to read
+            continue
+    return found
+
+
+def kill_tagged(name: str, value: str, sig: int = signal.SIGKILL, timeout: float = 20) -> list[psutil.Process]:
+    """Send `sig` to every process tagged so; SIGKILL what is still alive after `timeout`. Returns what was found."""
+    found = tagged(name, value)
+    for process in found:
+        with contextlib.suppress(psutil.Error):
+            process.send_signal(sig)
+    _, alive = psutil.wait_procs(found, timeout=timeout)
+    for process in alive:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+    psutil.wait_procs(alive, timeout=10)
+    return found
 
 
 def free_port() -> int:
@@ -23,15 +67,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_train(home: Path, *args: str) -> subprocess.CompletedProcess:
-    """The real CLI, in its own process, into the store under `home`."""
+def run_train(home: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """The real CLI, in its own process, into the store under `home` (`check`: raise unless it exits 0)."""
     return subprocess.run(
         [sys.executable, str(ROOT / "train.py"), "--store", str(home), *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=300,
-        check=True,
+        check=check,
     )
 
 
@@ -40,10 +84,12 @@ def running(
     command: list[str], log: Path, env: dict[str, str], health: str, timeout: float = 90
 ) -> Iterator[subprocess.Popen]:
     """Run a server command in its own process group until `health` answers 200; stop it on exit."""
+    env, tag = tagged_env(env)
     with log.open("w") as out:
         process = subprocess.Popen(
             command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
+    process.tag = tag  # type: ignore[attr-defined]
     try:
         deadline = time.monotonic() + timeout
         while True:
@@ -62,7 +108,8 @@ def running(
 
 def stop_group(process: subprocess.Popen, timeout: float) -> None:
     """Stop a process started with its own session and everything in its group: SIGTERM, then SIGKILL after
-    `timeout`. The whole group, even when the leader is gone (a test may have killed it): its children may not be."""
+    `timeout`. The whole group, even when the leader is gone (a test may have killed it): its children may not be.
+    Then every process of its tree that is left (tagged by `tagged_env`, wherever it was reparented), the same way."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGTERM)
     try:
@@ -71,6 +118,15 @@ def stop_group(process: subprocess.Popen, timeout: float) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
         process.wait()
+    tag = getattr(process, "tag", None)
+    if tag is not None:
+        kill_tagged(PROCESS_TAG, tag, signal.SIGTERM, timeout)
+
+
+def crash(process: subprocess.Popen) -> None:
+    """SIGKILL a started process and its whole tree at once, as a machine crash would: no shutdown of any kind."""
+    kill_tagged(PROCESS_TAG, process.tag, signal.SIGKILL)  # type: ignore[attr-defined]
+    process.wait()
 
 
 class Server(str):

@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from tests.servers import ROOT
+from tests.tiers import unavailable
 
 pytestmark = pytest.mark.integration
 
@@ -20,7 +21,7 @@ MODELS = {"random-forest", "logistic-regression"}
 
 def test_quick_benchmark_measures_every_section(tmp_path, figures):
     if shutil.which("wrk") is None:
-        pytest.skip("the benchmark's load generator is wrk: apt-get install wrk (.ci/run does)")
+        unavailable("the benchmark's load generator is wrk: apt-get install wrk (.ci/run does)")
     out = tmp_path / "benchmark.json"
     run = subprocess.run(
         [sys.executable, "benchmarks/run.py", "--quick", "--out", str(out)],

@@ -15,6 +15,7 @@ from penguins.store import model_name
 from tests import browser as browser_tools
 from tests.browser import ARTIFACTS, TIMEOUT_MS
 from tests.servers import ROOT, run_train, serve
+from tests.tiers import unavailable
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
@@ -22,7 +23,7 @@ DOCS_SCREENSHOT = ROOT / "docs" / "ui.png"
 MODELS = ("logistic-regression", "random-forest")
 
 if reason := browser_tools.missing():
-    pytest.skip(reason, allow_module_level=True)
+    unavailable(reason, module=True)
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +108,7 @@ def test_invalid_values_show_the_apis_message_next_to_the_field(page):
     page.fill("#field-bill_length_mm", "long")
     response = _submit(page)
     assert response.status == 400
-    assert "greater than 0" in page.text_content("#error-body_mass_g")
+    assert "at least 900 g" in page.text_content("#error-body_mass_g")
     assert "valid number" in page.text_content("#error-bill_length_mm")
     assert page.get_attribute("#field-body_mass_g", "aria-invalid") == "true"
     assert page.text_content("#error-island") == ""
@@ -156,3 +157,33 @@ def test_readme_screenshot(browser, server):
     page.screenshot(path=str(DOCS_SCREENSHOT), full_page=True)
     context.close()
     assert DOCS_SCREENSHOT.stat().st_size < 150_000
+
+
+def test_the_docs_page_loads_nothing_from_outside_the_service(browser, server):
+    """BentoML's page at / loaded Google Tag Manager, and the document's description four badge images."""
+    context = browser.new_context(viewport={"width": 1200, "height": 900})
+    requested: list[str] = []
+
+    def guard(route):
+        requested.append(route.request.url)
+        if route.request.url.startswith(server) or route.request.url.startswith("data:"):
+            return route.continue_()
+        return route.abort()
+
+    context.route("**/*", guard)
+    try:
+        page = context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(server)
+        page.wait_for_selector(".opblock-summary-path[data-path='/classify']")  # Swagger UI drew the operations
+        page.click(".opblock-summary-path[data-path='/classify']")
+        page.wait_for_selector(".opblock.is-open .responses-table")
+        page.wait_for_load_state("networkidle")
+        assert page.locator(".info .title").first.text_content().startswith("Palmer Penguins classifier")
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "docs.png"))
+    finally:
+        context.close()
+    outside = [url for url in requested if not url.startswith((server, "data:"))]
+    assert outside == [], f"the docs page reached outside the service: {outside}"
+    assert f"{server}/docs.json" in requested

@@ -24,6 +24,7 @@ from penguins.store import endpoint_name, model_name
 from penguins.training import ALGORITHMS
 from penguins.ui import STATIC
 from tests.compose import COMPOSE, VARIANTS, WHY_NOT, Stack, require
+from tests.tiers import unavailable
 
 pytestmark = [pytest.mark.container, pytest.mark.integration]
 
@@ -31,7 +32,7 @@ STORE = "/home/bentoml/models"
 LOGS = "/home/bentoml/logs"
 
 if COMPOSE is None:
-    pytest.skip(f"container tests need a Docker engine: {WHY_NOT}", allow_module_level=True)
+    unavailable(f"container tests need a Docker engine: {WHY_NOT}", module=True)
 
 
 @pytest.fixture(scope="module", params=VARIANTS)

@@ -29,6 +29,7 @@ from penguins.training import ALGORITHMS
 from tests import browser
 from tests.compose import COMPOSE, VARIANTS, WHY_NOT, Stack, require
 from tests.servers import free_port
+from tests.tiers import unavailable
 
 pytestmark = [pytest.mark.container, pytest.mark.integration]
 
@@ -38,7 +39,7 @@ RETRAINED = ["logistic-regression", "knn"]  # what the triggered run trains (the
 
 
 if COMPOSE is None:
-    pytest.skip(f"container tests need a Docker engine: {WHY_NOT}", allow_module_level=True)
+    unavailable(f"container tests need a Docker engine: {WHY_NOT}", module=True)
 
 
 class PipelineStack(Stack):
@@ -156,7 +157,7 @@ def wait_for_run(stack: PipelineStack, run_id: str, timeout: float = 900) -> str
 
 def test_the_ui_logs_in_lists_the_dag_and_triggers_a_run_the_api_then_serves(stack):
     if reason := browser.missing():
-        pytest.skip(reason)
+        unavailable(reason)
     stack.wait_ready()
     before = stack.served_tags()
     with browser.chromium() as chromium:

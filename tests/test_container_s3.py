@@ -39,7 +39,10 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
         stack.deploy("build")  # the API, jupyter and seaweedfs images (COMPOSE_PROFILES=s3)
         stack.pick_ports("PENGUINS_API_2_PORT")
         stack.url_2 = f"http://127.0.0.1:{stack.env['PENGUINS_API_2_PORT']}"
-        stack.deploy("up", "--no-build")  # waits until `api` serves
+        stack.deploy("up", "--no-build")  # waits until `api` serves (the trainer may still be saving)
+        trainer = stack.compose("ps", "-q", "trainer").stdout.strip()
+        exited = stack.run("docker", "wait", trainer, timeout=900).stdout.strip()
+        assert exited == "0", stack.logs("trainer")
         yield stack
     finally:
         stack.remove()
@@ -81,8 +84,9 @@ def wait_until(check, timeout: float, what: str, stack: Stack) -> float:
 
 def test_both_replicas_serve_what_the_trainer_published(stack):
     # api-2 started on an empty store of its own: everything it serves came through the repository.
+    # The trainer saved every algorithm, published each and reloaded api, whose signal in the bucket reaches api-2.
+    assert len(served(stack.url)) == 5
     wait_until(lambda: served(stack.url_2) == served(stack.url), 180, "api-2 does not serve what api serves", stack)
-    assert len(served(stack.url_2)) == 5
     listing = httpx.post(f"{stack.url_2}/models", timeout=30).json()
     assert listing["repository"]["url"] == "s3://penguins/models" and listing["repository"]["reachable"] is True
     assert listing["replica"]["name"] == "api-2"

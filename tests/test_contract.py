@@ -5,7 +5,18 @@ import math
 import pytest
 from pydantic import ValidationError
 
-from penguins.contract import EXAMPLE_PENGUIN, FEATURES, ISLANDS, SEXES, SPECIES, Penguin, Prediction
+from penguins.contract import (
+    BOUNDS,
+    EXAMPLE_PENGUIN,
+    FEATURES,
+    ISLANDS,
+    NUMERIC_FEATURES,
+    SEXES,
+    SPECIES,
+    Penguin,
+    Prediction,
+    unknown_field_message,
+)
 
 
 def test_example_penguin_is_valid_and_in_the_schema():
@@ -69,3 +80,70 @@ def test_unknown_and_missing_fields_are_rejected(example):
 def test_prediction_refuses_an_unknown_species():
     with pytest.raises(ValidationError):
         Prediction(species="Emperor", probabilities={"Emperor": 1.0}, model="m:v")
+
+
+def _message(example, **change) -> str:
+    with pytest.raises(ValidationError) as error:
+        Penguin.model_validate({**example, **change})
+    (detail,) = error.value.errors()
+    return detail["msg"]
+
+
+def test_booleans_are_not_measurements(example):
+    for field in NUMERIC_FEATURES:
+        assert "not true/false" in _message(example, **{field: True})
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "words"),
+    [
+        ("body_mass_g", 4.5, "at least 900 g: body mass is in g (4.5 looks like kilograms: 4500 g?)"),
+        ("bill_length_mm", 4.61, "at least 10 mm: bill length is in mm (4.61 looks like centimetres: 46.1 mm?)"),
+        ("bill_depth_mm", 1.32, "at least 4 mm"),
+        ("flipper_length_mm", 21.1, "at least 50 mm"),
+        ("flipper_length_mm", 2110, "at most 350 mm"),
+    ],
+)
+def test_a_measurement_in_the_wrong_unit_is_refused_saying_the_unit(example, field, value, words):
+    assert words in _message(example, **{field: value})
+
+
+def test_the_bounds_are_wide_around_the_data(frame):
+    # Every recorded penguin passes with room to spare; the same penguins in cm or kg would not.
+    factor = {"body_mass_g": 1000}
+    for field, (lower, upper) in BOUNDS.items():
+        assert lower * 2.5 <= frame[field].min() and frame[field].max() * 1.5 <= upper, field
+        assert frame[field].max() / factor.get(field, 10) < lower, field
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        ({"island": 1}, "the island by name, not a numeric code"),
+        ({"sex": 0}, "the sex by name, not a numeric code"),
+        ({"sex": "NA"}, "when it is unknown, omit the field or send null"),
+        ({"sex": ""}, "when it is unknown, omit the field or send null"),
+    ],
+)
+def test_course_project_mistakes_get_a_hint(example, change, words):
+    assert words in _message(example, **change)
+
+
+def test_a_list_where_one_penguin_is_expected_is_named(example):
+    with pytest.raises(ValidationError, match="one penguin"):
+        Penguin.model_validate([example])
+
+
+@pytest.mark.parametrize(
+    ("name", "allowed", "words"),
+    [
+        ("island_Biscoe", FEATURES, """send 'island' once, by name ("island": "Biscoe"), not one-hot"""),
+        ("sex_male", FEATURES, "send 'sex' once"),
+        ("bill_length", FEATURES, "did you mean 'bill_length_mm'?"),
+        ("modle", ("penguins", "model"), "did you mean 'model'?"),
+        ("pad", ("penguins", "model"), "allowed: penguins, model"),
+    ],
+)
+def test_unknown_fields_are_named_with_the_closest_allowed_one(name, allowed, words):
+    message = unknown_field_message(name, allowed)
+    assert message.startswith(f"Unknown field {name!r}") and words in message

@@ -15,6 +15,7 @@ import pytest
 
 from penguins.store import model_name, scan
 from tests.servers import ROOT, run_train, serve
+from tests.tiers import unavailable
 
 pytestmark = pytest.mark.integration
 
@@ -25,10 +26,10 @@ def _airflow() -> str:
     try:
         import airflow  # noqa: F401
     except ImportError:
-        pytest.skip("Apache Airflow is not installed: uv sync --extra airflow")
+        unavailable("Apache Airflow is not installed: uv sync --extra airflow")
     binary = Path(sys.executable).with_name("airflow")
     if not binary.exists():
-        pytest.skip(f"no airflow command beside {sys.executable}")
+        unavailable(f"no airflow command beside {sys.executable}")
     return str(binary)
 
 

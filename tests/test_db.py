@@ -166,6 +166,7 @@ def test_load_clean_says_what_to_run_when_there_is_no_table(tmp_path):
         load_clean(f"sqlite:///{tmp_path / 'empty.db'}")
 
 
+@pytest.mark.cli
 def test_the_cli_prints_the_reports(tmp_path):
     url = f"sqlite:///{tmp_path / 'cli.db'}"
     for command in ("ingest", "clean"):
@@ -197,6 +198,7 @@ def test_raw_table_keeps_values_as_text(db_url, tmp_path):
     assert RAW_TABLE in inspect(create_engine(db_url)).get_table_names()
 
 
+@pytest.mark.cli
 def test_train_cli_trains_from_the_clean_table_and_records_which_rows(tmp_path):
     from bentoml._internal.models.model import Model
 

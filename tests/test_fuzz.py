@@ -4,8 +4,13 @@ document (valid and invalid ones) for every operation, and the hand-written bad 
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
+import subprocess
+import sys
 from collections import Counter
+from pathlib import Path
 
 import httpx
 import pytest
@@ -14,6 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
+from penguins.contract import EXAMPLE_PENGUIN
+from penguins.guards import package_version
 from tests.servers import serve
 from tests.test_bad_input import HAND_WRITTEN
 
@@ -98,3 +105,81 @@ def test_fuzzing_covered_every_operation(api_schema, figures):
         "hand-written bad requests": sum(n for (mode, _), n in CASES.items() if mode == "hand-written"),
         "5xx": 0,
     }
+
+
+def test_schemathesis_cli_passes_with_its_default_checks(server, tmp_path, figures):
+    """`st run` against the published document: every default check (status codes, content types, response
+    schemas and headers, valid data accepted and invalid refused, unsupported methods, ignored auth, ...)."""
+    run = subprocess.run(
+        [str(Path(sys.executable).with_name("st")), "run", f"{server}/docs.json",
+         "--header", f"Authorization: Bearer {TOKEN}", "--max-examples", "30", "--workers", "2", "--no-color"],
+        capture_output=True, text=True, timeout=900, cwd=tmp_path,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
+    summary = re.search(r"(\d+) generated, (\d+) passed", run.stdout)
+    assert summary, run.stdout[-2000:]
+    figures["schemathesis CLI"] = {"generated": int(summary[1]), "passed": int(summary[2]), "checks": "default"}
+
+
+GENERATED_CALLS = """
+import json, sys
+import palmer_penguins_classifier_client as package
+from palmer_penguins_classifier_client import Client
+from palmer_penguins_classifier_client.api.service_ap_is import (
+    penguin_classifier_classify as classify,
+    penguin_classifier_explain as explain,
+    penguin_classifier_models as models,
+)
+from palmer_penguins_classifier_client.models import (
+    ModelNotServed, Penguin, PenguinClassifierClassifyInput, PenguinClassifierExplainInput,
+    PenguinClassifierModelsInput, ValidationErrors,
+)
+
+example = json.loads(sys.argv[2])
+client = Client(base_url=sys.argv[1], raise_on_unexpected_status=True)  # an undeclared status raises
+penguin = Penguin.from_dict(example)
+(answer,) = classify.sync(client=client, body=PenguinClassifierClassifyInput(penguins=[penguin]))
+unknown = classify.sync(client=client, body=PenguinClassifierClassifyInput(penguins=[penguin], model="no-such"))
+kilograms = Penguin.from_dict({**example, "body_mass_g": 4.5})
+bad = classify.sync(client=client, body=PenguinClassifierClassifyInput(penguins=[kilograms]))
+explained = explain.sync(client=client, body=PenguinClassifierExplainInput(penguin=penguin, k=3))
+listing = models.sync(client=client, body=PenguinClassifierModelsInput())
+assert isinstance(unknown, ModelNotServed) and isinstance(bad, ValidationErrors)
+print(json.dumps({
+    "species": answer.species.value,
+    "allowed": unknown.allowed,
+    "loc": bad.detail[0].loc,
+    "neighbours": len(explained.neighbours),
+    "models": [m.name for m in listing.models],
+}))
+"""
+
+
+def test_a_generated_client_installs_and_calls_classify_explain_and_models(server, tmp_path):
+    spec = tmp_path / "docs.json"
+    spec.write_text(httpx.get(f"{server}/docs.json", timeout=30).text)
+    tools = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}  # its ruff hook
+    subprocess.run(
+        ["openapi-python-client", "generate", "--path", str(spec), "--meta", "uv", "--output-path", "client"],
+        cwd=tmp_path, env=tools, check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    pyproject = (tmp_path / "client" / "pyproject.toml").read_text()
+    assert f'version = "{package_version()}"' in pyproject, pyproject  # the package's own version, not "None"
+    uv = shutil.which("uv")
+    assert uv, "uv installs the generated client"
+    subprocess.run([uv, "venv", "-q", str(tmp_path / "venv")], check=True, timeout=120)
+    python = str(tmp_path / "venv" / "bin" / "python")
+    install = subprocess.run(
+        [uv, "pip", "install", "-q", "--python", python, str(tmp_path / "client")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert install.returncode == 0, install.stderr[-3000:]
+    calls = subprocess.run(
+        [python, "-c", GENERATED_CALLS, server, json.dumps(EXAMPLE_PENGUIN)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert calls.returncode == 0, calls.stderr[-3000:]
+    result = json.loads(calls.stdout)
+    assert result["species"] == "Gentoo" and result["neighbours"] == 3
+    assert set(result["allowed"]) == set(result["models"]) and len(result["models"]) == 5
+    assert result["loc"] == ["penguins", 0, "body_mass_g"]

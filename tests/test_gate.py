@@ -66,7 +66,7 @@ def test_a_rejected_latest_leaves_the_previous_version_served(store, trained):
     registry = Registry(store)
     registry.reload()
     assert registry.snapshot.models[model_name("knn")].tag == trained["knn"][1]
-    shown = listing(registry.snapshot, {})
+    shown = listing(registry.snapshot)
     assert [r.tag for r in shown.rejected] == [rejected]
     assert shown.rejected[0].metrics["test_accuracy"] == 0.5
     assert rejected not in {m.tag for m in shown.models}

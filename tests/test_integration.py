@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import os
+import socket
+
 import bentoml
 import httpx
+import psutil
 import pytest
 
-from penguins.contract import EXAMPLE_PENGUIN
+from penguins.contract import EXAMPLE_COLUMNS, EXAMPLE_PENGUIN
 from penguins.store import model_name
 from tests.servers import run_train, serve, workers_that_answered
 
@@ -43,6 +48,11 @@ def test_empty_store_to_serving_to_retrained(tmp_path):
         assert generic["model"] == first_rf
         (default,) = client.classify(penguins=[EXAMPLE_PENGUIN])
         assert default["model"] in report["serving"]
+        # The columnar form through the client: the answers of the same penguins as rows.
+        columns = EXAMPLE_COLUMNS
+        as_rows = [dict(zip(columns, values, strict=True)) for values in zip(*columns.values(), strict=True)]
+        for call in (client.classify, client.classify_random_forest):
+            assert call(penguins=EXAMPLE_COLUMNS) == call(penguins=as_rows)
 
         # A new version under an existing name is served after reload (forced past the promotion gate: seed 7's
         # held-out accuracy is lower than seed 42's; the gate has its own tests).
@@ -90,3 +100,52 @@ def test_one_reload_reaches_every_worker(tmp_path):
     # The test means something only if both workers answered classify after the reload.
     workers = workers_that_answered((tmp_path / "serve.log").read_text(), "/classify_logistic_regression")
     assert workers == {"1", "2"}, workers
+
+
+def test_keep_alive_connections_spread_over_both_workers(tmp_path):
+    """A burst of connections that stay open (as a load generator's) must not all land on one worker: each worker
+    listens on a socket of its own (penguins.workarounds.spread_connections) and both hold some of them."""
+    home = tmp_path / "home"
+    run_train(home, "--models", "logistic-regression")
+    with serve(home, tmp_path / "serve.log", PENGUINS_WORKERS="2") as url:
+        port = int(url.rsplit(":", 1)[1])
+        body = json.dumps({"penguins": [EXAMPLE_PENGUIN]}).encode()
+        request = (
+            f"POST /classify_logistic_regression HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n"
+        ).encode() + body
+        connections = [socket.create_connection(("127.0.0.1", port)) for _ in range(32)]  # all opened at once
+        try:
+            for connection in connections:  # every connection answers, and stays open (HTTP/1.1 keep-alive)
+                connection.sendall(request)
+                assert connection.recv(65536).startswith(b"HTTP/1.1 200"), "a connection was not answered"
+            workers = [p for p in psutil.Process(url.process.pid).children(recursive=True) if _listens(p, port)]
+            assert len(workers) == 2, workers
+            listening = {worker.pid: _listening_sockets(worker, port) for worker in workers}
+            assert all(listening.values()) and len(set.union(*listening.values())) == 2, listening
+            held = {worker.pid: _established(worker, port) for worker in workers}
+            assert sum(held.values()) == 32 and all(held.values()), f"connections per worker: {held}"
+        finally:
+            for connection in connections:
+                connection.close()
+
+
+def _connections(process: psutil.Process, port: int) -> list:
+    return [c for c in process.net_connections(kind="tcp") if c.laddr and c.laddr.port == port]
+
+
+def _listens(process: psutil.Process, port: int) -> bool:
+    return any(c.status == psutil.CONN_LISTEN for c in _connections(process, port))
+
+
+def _listening_sockets(process: psutil.Process, port: int) -> set[int]:
+    """The inodes of the listening sockets this process holds on `port` (a socket shared by two has one inode)."""
+    return {
+        os.stat(f"/proc/{process.pid}/fd/{c.fd}").st_ino
+        for c in _connections(process, port)
+        if c.status == psutil.CONN_LISTEN
+    }
+
+
+def _established(process: psutil.Process, port: int) -> int:
+    return sum(c.status == psutil.CONN_ESTABLISHED for c in _connections(process, port))

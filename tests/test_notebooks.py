@@ -61,20 +61,31 @@ def test_spell_no_contract_names(name):
     assert "from penguins" in source
 
 
+@pytest.mark.notebooks
 def test_explore_runs_headless(tmp_path):
     notebook = execute("01-explore.ipynb", tmp_path)
     assert outputs_text(notebook).count("image/png") >= 3
 
 
+@pytest.mark.notebooks
 def test_train_runs_headless_into_a_scratch_store(tmp_path):
-    from penguins.store import scan
+    """Every built-in and the notebook's own classifier (extra-trees) saved through the promotion gate."""
+    from bentoml._internal.models.model import Model
+
+    from penguins.store import STATUS_LABEL, scan
     from penguins.training import ALGORITHMS
 
     notebook = execute("02-train.ipynb", tmp_path)
     stored, failures = scan(tmp_path / "models")
     assert failures == []
-    assert sorted(m.algorithm for m in stored) == sorted(ALGORITHMS)
+    assert sorted(m.algorithm for m in stored) == sorted([*ALGORITHMS, "extra-trees"])
+    for model in stored:
+        info = Model.from_path(model.path).info
+        assert info.labels[STATUS_LABEL] == "promoted" and info.metadata["gate"]["status"] == "promoted"
+    own = Model.from_path(next(m.path for m in stored if m.algorithm == "extra-trees")).info.metadata
+    assert own["estimator"] == "sklearn.ensemble.ExtraTreesClassifier"
     text = outputs_text(notebook)
+    assert "Saved(tag='penguins-extra-trees:" in text
     assert text.count("image/png") >= 2  # the comparison and the confusion matrices
     assert "PENGUINS_API_URL is not set" in text
 
@@ -82,7 +93,8 @@ def test_train_runs_headless_into_a_scratch_store(tmp_path):
 @pytest.mark.integration
 def test_train_reloads_and_classifies_through_a_real_server(tmp_path):
     """Empty store, server not ready -> the notebook trains, reloads with the token and classifies (it asserts the
-    answers come from the versions it just saved)."""
+    answers come from the versions it just saved); then adds its own extra-trees, reloads, and calls it through a new
+    client's classify_extra_trees, with no restart."""
     import bentoml
 
     token = "notebook-test-token"
@@ -94,7 +106,9 @@ def test_train_reloads_and_classifies_through_a_real_server(tmp_path):
             PENGUINS_ADMIN_TOKEN=token,
             PENGUINS_NOTEBOOK_MODELS="logistic-regression knn",
         )
-        assert "serving:" in outputs_text(notebook)
+        text = outputs_text(notebook)
+        assert "serving:" in text and "routes added: ['/classify_extra_trees']" in text
         with bentoml.SyncHTTPClient(url) as client:
-            served = {m["algorithm"] for m in client.models()["models"]}
-    assert served == {"logistic-regression", "knn"}
+            served = {m["algorithm"]: m["tag"] for m in client.models()["models"]}
+    assert set(served) == {"logistic-regression", "knn", "extra-trees"}
+    assert f"'model': '{served['extra-trees']}'" in text  # the notebook's last answer came from its own model

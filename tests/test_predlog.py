@@ -2,6 +2,7 @@
 
 import json
 import os
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -31,7 +32,11 @@ def test_each_answered_prediction_is_one_line_with_id_model_input_output_latency
     assert row["latency_ms"] > 0 and pd.Timestamp(row["ts"]).tzinfo is not None
     pretty = log.loc[generic.headers["x-request-id"]]  # a pretty-printed body still makes one line
     assert len(pretty["output"]) == 2
-    assert not any(r["island"] == "Atlantis" for i in log["input"] for r in i["penguins"])  # only answered ones
+    # Only answered ones; requests in the columnar form (other tests') hold one list per field.
+    islands = [
+        p["island"] if isinstance(p, dict) else [r["island"] for r in p] for p in (i["penguins"] for i in log["input"])
+    ]
+    assert not any("Atlantis" in column for column in islands)
 
 
 def test_rotation_keeps_a_bounded_number_of_whole_lines(tmp_path):
@@ -77,7 +82,7 @@ def test_the_log_is_on_by_default_beside_the_store(tmp_path, monkeypatch):
     from penguins.settings import Settings
 
     monkeypatch.setattr("penguins.serving.default_store_dir", lambda: tmp_path / "home" / "models")
-    gateway = Gateway(app=None, model_routes={}, settings=Settings(log_dir=None))
+    gateway = Gateway(app=None, settings=Settings(log_dir=None))
     assert gateway.prediction_log().path.parent == tmp_path / "home" / "prediction-logs"
 
 
@@ -87,7 +92,7 @@ def test_an_unwritable_log_directory_disables_the_log_not_the_service(tmp_path):
 
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    gateway = Gateway(app=None, model_routes={}, settings=Settings(log_dir=blocker / "logs"))
+    gateway = Gateway(app=None, settings=Settings(log_dir=blocker / "logs"))
     assert gateway.prediction_log() is None and gateway.prediction_log() is None  # and it does not retry each time
 
 
@@ -117,3 +122,68 @@ def test_a_second_live_writer_of_the_same_name_gets_its_own_file(tmp_path):
     second.write("two", "/classify", b"{}", b"[]", 0.001)
     assert [json.loads(line)["request_id"] for line in first.path.read_text().splitlines()] == ["one"]
     assert [json.loads(line)["request_id"] for line in second.path.read_text().splitlines()] == ["two"]
+
+
+def _lines_parse(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_a_short_write_leaves_no_partial_line(tmp_path, monkeypatch):
+    from penguins import predlog
+
+    log = PredictionLog(tmp_path, max_bytes=100_000, backups=1, worker=4)
+    log.write("before", "/classify", b"{}", b'[{"model": "m:1"}]', 0.001)
+    real_write, failures = os.write, predlog.failures_counter()
+    counted = failures._value.get()
+    monkeypatch.setattr(predlog.os, "write", lambda fd, data: real_write(fd, data[: len(data) // 2]))  # disk full
+    log.write("cut", "/classify", b"{}", b'[{"model": "m:1"}]', 0.001)
+    monkeypatch.setattr(predlog.os, "write", real_write)  # space again
+    log.write("after", "/classify", b"{}", b'[{"model": "m:1"}]', 0.001)
+    assert [r["request_id"] for r in _lines_parse(log.path)] == ["before", "after"]
+    assert failures._value.get() == counted + 1
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 64 KiB tmpfs, unmounted on every exit path (needs root and mount(8))."""
+    import shutil
+    import subprocess
+
+    from tests.tiers import unavailable
+
+    mount = tmp_path / "small-disk"
+    mount.mkdir()
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        unavailable("a tmpfs needs root and mount(8)")
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True)
+    if made.returncode != 0:
+        unavailable(f"cannot mount a tmpfs here: {made.stderr.decode()[-300:]}")
+    try:
+        yield mount
+    finally:
+        if subprocess.run(["umount", str(mount)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_a_full_disk_cuts_no_line_and_the_file_parses_once_space_returns(small_disk):
+    from penguins import predlog
+
+    filler = small_disk / "filler"
+    filler.write_bytes(b"x" * 40_000)
+    log = PredictionLog(small_disk / "logs", max_bytes=1_000_000, backups=1, worker=5)
+    failures = predlog.failures_counter()
+    counted = failures._value.get()
+    output = b'[{"species": "Gentoo", "model": "m:1", "pad": "' + b"p" * 900 + b'"}]'
+    written = 0
+    for i in range(60):  # ~60 KB of lines into the ~24 KB left: the disk fills up, mid-line for one of them
+        log.write(f"r{i}", "/classify", b'{"penguins": []}', output, 0.001)
+        written += 1
+        _lines_parse(log.path)  # whole lines only, at every step
+    full = failures._value.get() - counted
+    assert full > 0, "the disk never filled up: this test would prove nothing"
+    kept = len(_lines_parse(log.path))
+    assert kept + full == written
+    filler.unlink()  # space returns
+    log.write("after", "/classify", b'{"penguins": []}', output, 0.001)
+    records = _lines_parse(log.path)
+    assert len(records) == kept + 1 and records[-1]["request_id"] == "after"

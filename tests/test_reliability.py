@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -20,7 +19,7 @@ import pytest
 from penguins.contract import EXAMPLE_PENGUIN
 from penguins.store import STORE_FAILURE, endpoint_name, model_name, scan
 from tests.conftest import version_dir
-from tests.servers import ROOT, run_train, serve, workers_that_answered
+from tests.servers import ROOT, crash, run_train, serve, workers_that_answered
 
 pytestmark = pytest.mark.integration
 
@@ -33,11 +32,12 @@ BODY = {"penguins": [EXAMPLE_PENGUIN]}
 SAVER = """
 import sys
 from penguins.data import load_penguins
-from penguins.training import save, train
+from penguins.gate import save_gated
+from penguins.training import train
 frame = load_penguins()
 for seed in range(int(sys.argv[1]), int(sys.argv[2])):
-    for algorithm in sys.argv[3:]:
-        print(save(train(algorithm, frame, seed=seed)), flush=True)
+    for algorithm in sys.argv[3:]:  # gate=False: every version is served, as train.py --no-gate
+        print(save_gated(train(algorithm, frame, seed=seed), gate=False)[0], flush=True)
 """
 
 
@@ -231,8 +231,7 @@ def test_prediction_log_keeps_every_answer_through_a_crash(tmp_path, store_dir, 
         assert yes.headers.get("access-control-allow-origin") == allowed
         assert "access-control-allow-origin" not in no.headers
 
-        os.killpg(url.process.pid, signal.SIGKILL)  # a crash: no shutdown, no flush at exit
-        url.process.wait()
+        crash(url.process)  # the server and its workers at once: no shutdown, no flush at exit
 
     files = sorted(logs.glob("predictions-*.jsonl*"))
     assert len({f.name.split(".")[0] for f in files}) == 2, files  # one file per worker

@@ -31,6 +31,8 @@ ALGORITHM = "logistic-regression"
 NAME = model_name(ALGORITHM)
 ROUTE = f"/{endpoint_name(ALGORITHM)}"
 BODY = {"penguins": [EXAMPLE_PENGUIN]}
+# Several servers start at once (each pulling, loading, with workers): a generous bound for a loaded machine.
+START = 240
 
 
 def read_only_mount(source: Path, target: Path) -> tuple[str, ...]:
@@ -93,11 +95,12 @@ def test_one_reload_reaches_every_server_of_a_shared_store(tmp_path, figures):
     logs = {name: tmp_path / f"{name}.log" for name in homes}
     interval = "5"  # the default, so that the figures are the ones a user gets
     with (
-        serve(homes["a"], logs["a"], PENGUINS_SYNC_INTERVAL_SECONDS=interval) as a,
-        serve(homes["b"], logs["b"], PENGUINS_WORKERS="2", PENGUINS_SYNC_INTERVAL_SECONDS=interval) as b,
+        serve(homes["a"], logs["a"], timeout=START, PENGUINS_SYNC_INTERVAL_SECONDS=interval) as a,
+        serve(homes["b"], logs["b"], timeout=START, PENGUINS_WORKERS="2", PENGUINS_SYNC_INTERVAL_SECONDS=interval) as b,
         serve(
             homes["c"],
             logs["c"],
+            timeout=START,
             wrap=read_only_mount(shared, homes["c"] / "models"),
             PENGUINS_WORKERS="2",
             PENGUINS_SYNC_INTERVAL_SECONDS=interval,

@@ -39,6 +39,8 @@ ALGORITHM = "logistic-regression"
 NAME = model_name(ALGORITHM)
 ROUTE = f"/{endpoint_name(ALGORITHM)}"
 BODY = {"penguins": [EXAMPLE_PENGUIN]}
+# Several servers start at once (each pulling, loading, with workers): a generous bound for a loaded machine.
+START = 240
 
 try:
     weed_binary()
@@ -122,7 +124,10 @@ def test_a_version_published_through_one_server_is_served_by_both(tmp_path, weed
     train(home_a, env, "--models", ALGORITHM)
     first = newest(home_a)
     log_a, log_b = tmp_path / "a.log", tmp_path / "b.log"
-    with serve(home_a, log_a, **env) as a, serve(home_b, log_b, PENGUINS_WORKERS="2", **env) as b:
+    with (
+        serve(home_a, log_a, timeout=START, **env) as a,
+        serve(home_b, log_b, timeout=START, PENGUINS_WORKERS="2", **env) as b,
+    ):
         # b started on an empty store: it pulled what the repository holds.
         assert answers(b) == {first} and (home_b / "models" / NAME / first.split(":")[1] / "model.yaml").is_file()
         assert models(b)["repository"]["reachable"] is True
@@ -170,7 +175,7 @@ def test_an_interrupted_or_corrupt_upload_is_never_served(tmp_path, weed):
     train(home_a, local_only, "--models", ALGORITHM, "--seed", "11", "--no-gate")  # saved, not published
     second = newest(home_a)
     name, version = second.split(":")
-    with serve(home_b, tmp_path / "b.log", **env) as b:
+    with serve(home_b, tmp_path / "b.log", timeout=START, **env) as b:
         assert answers(b) == {first}
         # Interrupted after the archive, before the manifest: the version does not exist for the replicas.
         manifest = repository.publish(home_a / "models" / name / version)
@@ -228,7 +233,10 @@ def test_the_repository_stopped_and_restarted_under_load_fails_no_prediction(tmp
         home_a, home_b = tmp_path / "a", tmp_path / "b"
         train(home_a, env, "--models", ALGORITHM)
         first = newest(home_a)
-        with serve(home_a, tmp_path / "a.log", **env) as a, serve(home_b, tmp_path / "b.log", **env) as b:
+        with (
+            serve(home_a, tmp_path / "a.log", timeout=START, **env) as a,
+            serve(home_b, tmp_path / "b.log", timeout=START, **env) as b,
+        ):
             assert answers(a, 3) == answers(b, 3) == {first}
             stop, answered, errors = threading.Event(), Counter(), []
             clients = [threading.Thread(target=_load, args=(url, stop, answered, errors)) for url in (a, b, a, b)]

@@ -1,7 +1,7 @@
 """A model saved in a process that imported dill (Airflow's task processes do) must load where dill is absent (the
-API image). Importing dill adds its reducers to the pure-Python pickler joblib saves with; `training.save` sets them
-aside while saving. Each side runs in its own interpreter: importing dill here would change pickling for every later
-test of the session."""
+API image). Importing dill adds its reducers to the pure-Python pickler joblib saves with; `training._save` sets them
+aside while saving (every save goes through it). Each side runs in its own interpreter: importing dill here would
+change pickling for every later test of the session."""
 
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.tiers import require_import
+
 ROOT = Path(__file__).resolve().parents[1]
 
 SAVE = textwrap.dedent(
@@ -21,11 +23,11 @@ SAVE = textwrap.dedent(
     import dill  # what an Airflow task process has imported before the DAG's gate task saves
     from joblib.numpy_pickle import NumpyPickler
     from penguins.data import load_penguins
-    from penguins.training import save, train
+    from penguins.training import ALGORITHMS, train_and_save
 
     extended = dict(pickle._Pickler.dispatch), dict(NumpyPickler.dispatch)
     assert extended[1][slice].__module__ == "dill._dill"  # what made the saved pipelines need dill
-    print(save(train("knn", load_penguins(), 42)))
+    print(train_and_save(ALGORITHMS["knn"](42), "knn", frame=load_penguins()).tag)
     assert (pickle._Pickler.dispatch, NumpyPickler.dispatch) == extended, "dill's reducers are back after saving"
     """
 )
@@ -44,8 +46,9 @@ LOAD = textwrap.dedent(
 )
 
 
+@pytest.mark.cli
 def test_a_model_saved_where_dill_is_imported_loads_without_dill(tmp_path):
-    pytest.importorskip("dill", reason="dill comes with the airflow extra (uv sync --extra airflow)")
+    require_import("dill", "dill comes with the airflow extra (uv sync --extra airflow)")
     env = {**os.environ, "BENTOML_HOME": str(tmp_path), "BENTOML_DO_NOT_TRACK": "true"}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
 

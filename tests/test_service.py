@@ -66,9 +66,9 @@ def test_unknown_model_is_404_listing_the_available_names(client, example):
     [
         ({"island": "Atlantis"}, ["penguins", 0, "island"], "'Biscoe', 'Dream' or 'Torgersen'"),
         ({"sex": "x"}, ["penguins", 0, "sex"], "'female' or 'male'"),
-        ({"body_mass_g": -5}, ["penguins", 0, "body_mass_g"], "greater than 0"),
+        ({"body_mass_g": -5}, ["penguins", 0, "body_mass_g"], "at least 900 g"),
         ({"bill_length_mm": "long"}, ["penguins", 0, "bill_length_mm"], "number"),
-        ({"wings": 2}, ["penguins", 0, "wings"], "Extra inputs"),
+        ({"wings": 2}, ["penguins", 0, "wings"], "Unknown field 'wings'"),
     ],
 )
 def test_bad_input_is_400_naming_the_field_and_allowed_values(client, example, change, location, words):
@@ -129,7 +129,81 @@ def test_openapi_document_speaks_openapi_3_0(client):
     requests = json.dumps([document["paths"], document["components"]["schemas"]["Penguin"]])
     assert '{"type": "null"}' not in requests and '"exclusiveMinimum": 0' not in requests
     penguin = document["components"]["schemas"]["Penguin"]["properties"]
-    assert penguin["bill_length_mm"]["minimum"] == 0 and penguin["bill_length_mm"]["exclusiveMinimum"] is True
-    assert penguin["sex"]["nullable"] is True and penguin["sex"]["enum"] == ["female", "male"]
+    assert penguin["bill_length_mm"]["minimum"] == 10 and "exclusiveMinimum" not in penguin["bill_length_mm"]
+    assert penguin["sex"]["nullable"] is True and penguin["sex"]["enum"] == ["female", "male", None]
     classify = document["paths"]["/classify"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     assert classify["properties"]["model"]["nullable"] is True
+
+
+def _columns(rows: list[dict]) -> dict[str, list]:
+    from penguins.contract import FEATURES
+
+    return {feature: [row.get(feature) for row in rows] for feature in FEATURES}
+
+
+@pytest.mark.parametrize("route", ["/classify", "/classify_random_forest", "/classify_svm"])
+def test_a_columnar_request_gets_the_answers_of_the_same_rows(client, frame, route):
+    from penguins.contract import FEATURES
+
+    sample = frame[list(FEATURES)].sample(n=500, replace=True, random_state=3)  # with penguins of unknown sex
+    rows = [{k: v for k, v in row.items() if v == v and v is not None} for row in sample.to_dict("records")]
+    by_rows = _post(client, route, penguins=rows)
+    by_columns = _post(client, route, penguins=_columns(rows))
+    assert by_rows.status_code == by_columns.status_code == 200, by_columns.text
+    assert by_columns.json() == by_rows.json()
+    known = [row for row in rows if "sex" in row]
+    without_sex = {k: v for k, v in _columns(known).items() if k != "sex"}  # `sex` left out: every one unknown
+    unknown = [{k: v for k, v in row.items() if k != "sex"} for row in known]
+    assert _post(client, route, penguins=without_sex).json() == _post(client, route, penguins=unknown).json()
+
+
+@pytest.mark.parametrize(
+    ("change", "location", "words"),
+    [
+        ({"island": "Atlantis"}, ["penguins", "island", 1], "'Biscoe', 'Dream' or 'Torgersen'"),
+        ({"sex": "x"}, ["penguins", "sex", 1], "'female' or 'male'"),
+        ({"body_mass_g": -5}, ["penguins", "body_mass_g", 1], "at least 900 g"),
+        ({"bill_length_mm": "long"}, ["penguins", "bill_length_mm", 1], "number"),
+    ],
+)
+def test_a_columnar_request_is_checked_with_the_rules_of_rows(client, example, change, location, words):
+    rows = [example, {**example, **change}]
+    by_rows = _post(client, "/classify_random_forest", penguins=rows)
+    response = _post(client, "/classify_random_forest", penguins=_columns(rows))
+    assert response.status_code == by_rows.status_code == 400
+    (detail,) = response.json()["detail"]
+    assert detail["loc"] == location and words in detail["msg"]
+    assert detail["msg"] == by_rows.json()["detail"][0]["msg"]  # the same rule says the same
+
+
+def test_a_columnar_request_must_be_whole(client, example):
+    from penguins.settings import get_settings
+
+    columns = _columns([example, example])
+    assert _post(client, "/classify", penguins={**columns, "wings": [2, 2]}).json()["detail"][0]["loc"] == [
+        "penguins",
+        "wings",
+    ]
+    ragged = _post(client, "/classify", penguins={**columns, "body_mass_g": [4500.0]})
+    assert ragged.status_code == 400 and "one value per penguin" in ragged.json()["detail"][0]["msg"]
+    assert _post(client, "/classify", penguins={k: [] for k in columns}).status_code == 400
+    missing = _post(client, "/classify", penguins={k: v for k, v in columns.items() if k != "island"})
+    assert missing.status_code == 400 and missing.json()["detail"][0]["loc"] == ["penguins", "island"]
+    too_many = _columns([example] * (get_settings().max_penguins + 1))
+    response = _post(client, "/classify_random_forest", penguins=too_many)
+    assert response.status_code == 400 and "1 to" in response.json()["detail"][0]["msg"]
+
+
+def test_the_openapi_document_offers_rows_or_columns(client):
+    document = client.get("/docs.json").json()
+    schemas = document["components"]["schemas"]
+    for route in ("/classify", "/classify_random_forest"):
+        body = document["paths"][route]["post"]["requestBody"]["content"]["application/json"]["schema"]
+        options = body["properties"]["penguins"]["anyOf"]
+        assert {"$ref": "#/components/schemas/PenguinColumns"} in options
+        assert {"$ref": "#/components/schemas/Penguin"} in [o.get("items") for o in options]
+    columns = schemas["PenguinColumns"]
+    assert columns["additionalProperties"] is False and set(columns["required"]) == set(schemas["Penguin"]["required"])
+    assert columns["properties"]["bill_length_mm"]["items"]["exclusiveMinimum"] is True
+    assert columns["properties"]["sex"]["items"]["nullable"] is True
+    assert _post(client, "/classify", penguins=columns["example"]).status_code == 200

@@ -11,7 +11,7 @@ import pytest
 
 from penguins.contract import Penguin, Prediction
 from penguins.repository import PULL_LOCK, UNPACKING
-from penguins.store import RELOAD_SIGNAL, STORE_FAILURE, Registry, model_name, scan
+from penguins.store import RELOAD_SIGNAL, STORE_FAILURE, Registry, check_model_name, model_name, route_of, scan
 from tests.conftest import ROOT, version_dir
 
 
@@ -143,6 +143,66 @@ def test_a_half_written_new_version_keeps_the_old_one_serving(store):
     change = registry.reload()
     assert [f.tag for f in change.failed] == [f"{model_name('knn')}:halfwritten"]
     assert change.removed == [] and registry.snapshot.models[model_name("knn")] is old
+
+
+def test_a_penguin_named_model_saved_without_the_gate_is_skipped_with_the_call_that_would_serve_it(store):
+    plain = store / model_name("decision-tree")
+    shutil.copytree(version_dir(store, "knn").parent, plain)
+    for yaml in plain.glob("*/model.yaml"):
+        text = yaml.read_text().replace(model_name("knn"), model_name("decision-tree"))
+        yaml.write_text(text.replace("project: palmer-penguins", "project: elsewhere"))
+    registry = Registry(store)
+    change = registry.reload()
+    (skipped,) = change.skipped
+    assert skipped.name == model_name("decision-tree") and "labels" in skipped.reason
+    assert "train_and_save" in skipped.fix and "'decision-tree'" in skipped.fix
+    assert registry.snapshot.skipped == (skipped,)
+    assert model_name("decision-tree") not in registry.snapshot.models
+
+
+def test_a_latest_file_pointing_into_another_model_is_refused(store):
+    knn_version = version_dir(store, "knn").name
+    (store / model_name("svm") / "latest").write_text(f"../{model_name('knn')}/{knn_version}")
+    registry = Registry(store)
+    change = registry.reload()
+    assert model_name("svm") not in registry.snapshot.models
+    (failure,) = change.failed
+    assert failure.name == model_name("svm") and "not a version" in failure.reason
+
+
+def test_a_version_copied_from_another_model_is_refused(store):
+    # Same effect as a crafted `latest`: svm's latest version is knn's model.
+    svm_dir = store / model_name("svm")
+    shutil.copytree(version_dir(store, "knn"), svm_dir / "copied")
+    (svm_dir / "latest").write_text("copied")
+    registry = Registry(store)
+    registry.reload()
+    assert model_name("svm") not in registry.snapshot.models
+    assert {f.name for f in registry.snapshot.failures} == {model_name("svm")}
+
+
+def test_routes_come_from_model_names_alone(store):
+    # An `algorithm` label that disagrees with the name changes nothing about the route.
+    yaml = version_dir(store, "knn") / "model.yaml"
+    yaml.write_text(yaml.read_text().replace("algorithm: knn", "algorithm: <b>svm</b>"))
+    registry = Registry(store)
+    registry.reload()
+    routes = registry.snapshot.routes()
+    assert routes["/classify_knn"] == model_name("knn")
+    assert len(routes) == 5 and all(route == route_of(name) for route, name in routes.items())
+
+
+@pytest.mark.parametrize("name", ["extra-trees", "mlp", "a1", "x" * 40])
+def test_valid_model_names(name):
+    assert check_model_name(name) == name
+
+
+@pytest.mark.parametrize(
+    "name", ["", "Extra", "extra_trees", "extra--trees", "-extra", "extra-", "1mlp", "x" * 41, "a b", "../x"]
+)
+def test_invalid_model_names_say_why(name):
+    with pytest.raises(ValueError, match="invalid model name"):
+        check_model_name(name)
 
 
 def test_the_reload_signal_lives_in_the_store_itself(store, tmp_path):

@@ -4,6 +4,9 @@ start-up heap."""
 import asyncio
 import contextvars
 import gc
+import os
+import socket
+import sys
 import weakref
 
 import pytest
@@ -23,8 +26,13 @@ class RequestState:
 
 def test_the_service_applies_them_when_it_starts(client):
     # First in this file: the tests below apply them themselves.
+    from _bentoml_sdk.method import APIMethod
+    from bentoml._internal.marshal.dispatcher import CorkDispatcher
+
     assert hasattr(Optimizer.trigger_refresh, "__wrapped__")
     assert getattr(TimeoutMiddleware.__call__, "releases_timer", False)
+    assert getattr(CorkDispatcher._get_inputs, "keeps_requests_whole", False)
+    assert getattr(APIMethod._local_call, "binds_once", False)
     assert gc.get_freeze_count() > 50_000  # the libraries and models it loaded: out of every later collection
 
 
@@ -109,3 +117,99 @@ def test_a_request_still_times_out_with_a_504():
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         sent, _ = runner.run(_request(_slow, timeout=0.05))
     assert sent[0]["status"] == 504 and b"0.05 seconds" in sent[1]["body"]
+
+
+def test_a_second_worker_listens_on_its_own_socket_of_the_same_address(monkeypatch):
+    """What spread_connections does to the listening socket a BentoML worker inherits (`--fd N`): the first worker
+    keeps it, the others put a socket of their own, on the same address and in one SO_REUSEPORT group, in its place;
+    new connections then go to both."""
+    shared = socket.create_server(("127.0.0.1", 0))
+    inherited = os.dup(shared.fileno())  # the descriptor number a worker was handed
+    worker = ["/venv/site-packages/_bentoml_impl/worker/service.py", "--fd", str(inherited)]
+    try:
+        monkeypatch.setattr(sys, "argv", worker)
+        assert workarounds.spread_connections(1) is False  # the first worker keeps the shared socket
+        assert os.fstat(inherited).st_ino == os.fstat(shared.fileno()).st_ino
+        assert workarounds.spread_connections(2) is True
+        assert os.fstat(inherited).st_ino != os.fstat(shared.fileno()).st_ino
+        with socket.socket(fileno=os.dup(inherited)) as own:
+            assert own.getsockname() == shared.getsockname()
+            clients = [socket.create_connection(shared.getsockname()) for _ in range(64)]
+            accepted = {name: _accept_all(sock) for name, sock in (("shared", shared), ("own", own))}
+            for client in clients:
+                client.close()
+        assert accepted["shared"] + accepted["own"] == 64 and min(accepted.values()) > 0, accepted
+
+        monkeypatch.setattr(sys, "argv", ["service.py", "--fd", str(inherited)])  # not BentoML's worker: untouched
+        assert workarounds.spread_connections(2) is False
+    finally:
+        os.close(inherited)
+        shared.close()
+
+
+def _accept_all(listener: socket.socket) -> int:
+    listener.setblocking(False)
+    accepted = 0
+    while True:
+        try:
+            connection, _ = listener.accept()
+        except BlockingIOError:
+            return accepted
+        connection.close()
+        accepted += 1
+
+
+def test_a_request_larger_than_a_batch_is_never_split():
+    """BentoML's dispatcher cut a 10,000-penguin request into ten 1,000-penguin batches; now a request is one batch,
+    alone if it does not fit with others, and smaller requests are still combined up to max_batch_size."""
+    from bentoml._internal.marshal.dispatcher import CorkDispatcher
+
+    workarounds.apply(get_settings().max_batch_wait_ms)
+    batches: list[list[int]] = []
+
+    async def run() -> list:
+        dispatcher = CorkDispatcher(
+            max_latency_in_ms=10_000, max_batch_size=1000, fallback=lambda: None, get_batch_size=len
+        )
+
+        async def predict(jobs):
+            batches.append([len(job) for job in jobs])
+            await asyncio.sleep(0.01)
+            return [[len(job)] * len(job) for job in jobs]
+
+        call = dispatcher(predict)
+        try:
+            for _ in range(12):  # the dispatcher's warm-up batches, one request each
+                await call([0])
+            batches.clear()
+            return await asyncio.gather(call(list(range(10_000))), *(call([0] * 300) for _ in range(6)))
+        finally:
+            dispatcher.shutdown()
+
+    answers = asyncio.run(run())
+    assert len(answers[0]) == 10_000 and all(len(a) == 300 for a in answers[1:])
+    assert [10_000] in batches, batches  # the big request, whole, in a batch of its own
+    assert all(sum(batch) <= 1000 for batch in batches if batch != [10_000])
+    assert sum(len(batch) for batch in batches) == 7 and max(len(b) for b in batches) >= 2  # the others combined
+
+
+def test_an_api_method_is_bound_to_its_instance_once():
+    import bentoml
+
+    workarounds.apply(get_settings().max_batch_wait_ms)
+
+    @bentoml.service
+    class Echo:
+        @bentoml.api
+        def echo(self, text: str = "x") -> str:
+            return text
+
+    instance, other = Echo.inner(), Echo.inner()
+    method = Echo.inner.__dict__["echo"]
+    caller = method._local_call(instance)
+    assert method._local_call(instance) is caller and method._local_call(other) is not caller
+    assert caller() == "x" and caller(text="y") == "y"  # BentoML's caller still fills in the defaults
+    dropped = weakref.ref(other)
+    del other
+    gc.collect()
+    assert dropped() is None  # the callers it keeps do not keep it alive

@@ -49,7 +49,8 @@
   }
 
   function choicesOf(property) {
-    if (property.enum) return { values: property.enum, optional: Boolean(property.nullable) };
+    // OpenAPI 3.0: a nullable enum lists null among its values; the form offers "unknown" for it instead.
+    if (property.enum) return { values: property.enum.filter((v) => v !== null), optional: Boolean(property.nullable) };
     const options = property.anyOf || [];
     const listed = options.find((o) => o.enum);
     if (!listed) return null;
