@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from tests.swarm import TOOLS
+from tests.tiers import unavailable
 
 pytestmark = pytest.mark.k8s
 
@@ -27,10 +28,7 @@ KUBECTL = os.environ.get("PENGUINS_KUBECTL") or str(TOOLS / "bin" / "kubectl")
 
 _absent = [tool for tool in (HELM, KUBECTL) if shutil.which(tool) is None]
 if _absent:
-    reason = f"the Kubernetes tests need {', '.join(_absent)} (scripts/test-tools installs them)"
-    if os.environ.get("CI") == "true":
-        pytest.fail(reason, pytrace=False)
-    pytest.skip(reason, allow_module_level=True)
+    unavailable(f"the Kubernetes tests need {', '.join(_absent)} (scripts/test-tools installs them)", module=True)
 
 
 def tool(*command: str, cwd: Path | None = None) -> str:

@@ -36,6 +36,7 @@ import pytest
 from penguins.contract import EXAMPLE_PENGUIN
 from tests import swarm
 from tests.servers import free_port, stop_group
+from tests.tiers import unavailable
 
 pytestmark = [pytest.mark.swarm, pytest.mark.integration]
 
@@ -49,10 +50,7 @@ _gaps = swarm.missing()
 if not _gaps and subprocess.run(["docker", "info"], capture_output=True, timeout=60).returncode != 0:
     _gaps = ["a Docker engine to build images with (../shared/docker/up)"]
 if _gaps:
-    reason = f"the swarm tests need {', '.join(_gaps)}"
-    if os.environ.get("CI") == "true":
-        pytest.fail(reason, pytrace=False)
-    pytest.skip(reason, allow_module_level=True)
+    unavailable(f"the swarm tests need {', '.join(_gaps)}", module=True)
 
 
 def wait(predicate, timeout: float, what: str, interval: float = 1.0):
@@ -530,7 +528,7 @@ def test_the_k8s_pod_settings_run_on_the_api_image(images, tmp_path):
     from tests.test_k8s import HELM
 
     if shutil.which(HELM) is None:
-        pytest.skip(f"needs helm ({HELM}; scripts/test-tools installs it)")
+        unavailable(f"needs helm ({HELM}; scripts/test-tools installs it)")
     import yaml
 
     rendered = subprocess.run(
