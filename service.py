@@ -6,6 +6,7 @@ A thin shell: the models, the store and the rules live in the `penguins` package
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated
 
 import bentoml
@@ -65,6 +66,7 @@ class PenguinClassifier:
             drain_s=settings.drain_s,
             connections=(settings.header_timeout_s, settings.body_timeout_s, settings.max_connections),
         )
+        sys.setswitchinterval(settings.switch_interval_ms / 1000)
         self.registry = get_registry()
         self.registry.sync()
         self.reloads = Coalesced(self._reload_now, on_run=reloads_counter().inc)
