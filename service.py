@@ -7,6 +7,7 @@ A thin shell: the models, the store and the rules live in the `penguins` package
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Annotated
 
 import bentoml
@@ -61,6 +62,7 @@ class PenguinClassifier:
             connections=(settings.header_timeout_s, settings.body_timeout_s, settings.max_connections),
         )
         logging.getLogger("penguins").setLevel(logging.INFO)  # what it serves and why, in the server's log
+        sys.setswitchinterval(settings.switch_interval_ms / 1000)
         self.registry = get_registry()
         self.registry.sync()
         # Without traffic too, each worker follows reloads signalled elsewhere (docs/replicas.md).

@@ -68,6 +68,9 @@ class Settings(BaseSettings):
     bulk_body_bytes: int = Field(default=64 * 1024, ge=1024)
     bulk_concurrency: int = Field(default=1, ge=1, description="Bulk requests a worker works on at once")
     bulk_retry_after_s: int = Field(default=1, ge=1, description="Retry-After of a 429 for bulk requests")
+    # How often CPython hands the GIL between threads (its default is 5 ms): a bulk request's CPU-bound thread made
+    # the event loop wait that long at each of its turns, so a lone small request waited many times that.
+    switch_interval_ms: float = Field(default=5.0, gt=0)
     # On SIGTERM a worker finishes what is in flight within this, answering new requests 503 meanwhile (docker stop
     # waits 10 s before SIGKILL).
     drain_s: float = Field(default=8.0, ge=0, description="Longest a worker drains on SIGTERM")
