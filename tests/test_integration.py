@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import time
 
 import bentoml
 import httpx
@@ -114,15 +115,22 @@ def test_keep_alive_connections_spread_over_both_workers(tmp_path):
             f"POST /classify_logistic_regression HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\n\r\n"
         ).encode() + body
+        # /livez answers once one worker serves: wait for the second to listen on its own socket (it takes one when
+        # its start-up is done, models loaded), then open every connection at once.
+        deadline = time.monotonic() + 240
+        while True:
+            workers = [p for p in psutil.Process(url.process.pid).children(recursive=True) if _listens(p, port)]
+            listening = {worker.pid: _listening_sockets(worker, port) for worker in workers}
+            if len(workers) == 2 and all(listening.values()) and len(set.union(*listening.values())) == 2:
+                break
+            assert time.monotonic() < deadline, f"the workers never listened on a socket each: {listening}"
+            time.sleep(0.5)
+        time.sleep(1)  # the second worker's start-up ends, and it serves, just after it takes its socket
         connections = [socket.create_connection(("127.0.0.1", port)) for _ in range(32)]  # all opened at once
         try:
             for connection in connections:  # every connection answers, and stays open (HTTP/1.1 keep-alive)
                 connection.sendall(request)
                 assert connection.recv(65536).startswith(b"HTTP/1.1 200"), "a connection was not answered"
-            workers = [p for p in psutil.Process(url.process.pid).children(recursive=True) if _listens(p, port)]
-            assert len(workers) == 2, workers
-            listening = {worker.pid: _listening_sockets(worker, port) for worker in workers}
-            assert all(listening.values()) and len(set.union(*listening.values())) == 2, listening
             held = {worker.pid: _established(worker, port) for worker in workers}
             assert sum(held.values()) == 32 and all(held.values()), f"connections per worker: {held}"
         finally:

@@ -163,7 +163,7 @@ def _check_answers(urls, catalogue: dict[str, Peer], rows, single, classes) -> d
             response.raise_for_status()
             answers = peer.answers(response.json())
             tolerance = SAME_GRAPH_TOLERANCE if name == "fastapi-onnx" else PROBABILITY_TOLERANCE
-            report[f"{name}/w{workers}"] = _agreement(name, answers, expected, tolerance)
+            report[f"{name}/w{workers}/{len(penguins)} penguins"] = _agreement(name, answers, expected, tolerance)
     return report
 
 
