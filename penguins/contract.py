@@ -17,7 +17,6 @@ from pydantic import (
     Field,
     TypeAdapter,
     ValidationInfo,
-    WrapSerializer,
     WrapValidator,
     model_validator,
 )
@@ -284,13 +283,9 @@ def penguins_field(max_penguins: int) -> Any:
             )
         return PenguinRows(columns.columns())
 
-    def serialise(value: Any, handler: Any) -> Any:  # columns are written back (the prediction log) as columns
-        return value.columns if isinstance(value, PenguinRows) else handler(value)
-
     return Annotated[
         rows_type | PenguinColumns,
         WrapValidator(validate),
-        WrapSerializer(serialise),
         Field(description="Penguins to classify: a list of penguins, or one list per field"),
     ]
 

@@ -416,7 +416,8 @@ def _validated_json(scope: dict[str, Any]) -> bytes:
     if serialised is not None:
         return serialised
     validated = scope.get(VALIDATED)
-    return b"null" if validated is None else validated.__pydantic_serializer__.to_json(validated)
+    # warnings=False: columns arrive as PenguinRows (one tuple per penguin), written as lists, as validated
+    return b"null" if validated is None else validated.__pydantic_serializer__.to_json(validated, warnings=False)
 
 
 async def _read_bounded(receive: Callable[..., Any], limit: int) -> bytes | None:

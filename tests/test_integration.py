@@ -43,6 +43,8 @@ def test_empty_store_to_serving_to_retrained(tmp_path):
         assert httpx.get(f"{url}/readyz").status_code == 200
         first_rf = next(t for t in report["added"] if t.startswith(model_name("random-forest")))
 
+        # A client reads the routes when it is made: one made after the reload has the new models' methods.
+        client = bentoml.SyncHTTPClient(url)
         (typed,) = client.classify_random_forest(penguins=[EXAMPLE_PENGUIN])
         assert typed["species"] == "Gentoo" and typed["model"] == first_rf
         (generic,) = client.classify(penguins=[EXAMPLE_PENGUIN], model="random-forest")

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from penguins.contract import SPECIES
+from penguins.contract import BOUNDS, SPECIES
 from penguins.store import endpoint_name, model_name
 from penguins.training import ALGORITHMS
 
@@ -204,6 +204,6 @@ def test_the_openapi_document_offers_rows_or_columns(client):
         assert {"$ref": "#/components/schemas/Penguin"} in [o.get("items") for o in options]
     columns = schemas["PenguinColumns"]
     assert columns["additionalProperties"] is False and set(columns["required"]) == set(schemas["Penguin"]["required"])
-    assert columns["properties"]["bill_length_mm"]["items"]["exclusiveMinimum"] is True
+    assert columns["properties"]["bill_length_mm"]["items"]["minimum"] == BOUNDS["bill_length_mm"][0]
     assert columns["properties"]["sex"]["items"]["nullable"] is True
     assert _post(client, "/classify", penguins=columns["example"]).status_code == 200

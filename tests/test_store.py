@@ -236,6 +236,7 @@ def test_the_reload_signal_lives_in_the_store_itself(store, tmp_path):
 
 
 def test_a_store_that_cannot_take_the_signal_reaches_this_servers_workers_and_says_so(store):
+    (store / RELOAD_SIGNAL).unlink(missing_ok=True)  # the copied store may hold a signal an earlier reload wrote
     (store / RELOAD_SIGNAL).mkdir()  # the signal cannot be written there, as on a read-only mount
     worker_1, worker_2 = Registry(store), Registry(store)  # two workers of one server (one parent process)
     try:
