@@ -621,12 +621,17 @@ class Registry:
                 store_error=self._pull_store_error,
                 signal_pending=self._signal_owed,
             )
+        problems = [e for e in (self._read_error, *(w for _, w in self._write_failed)) if e]
+        if not self._write_failed and _is_dir(self.store_dir) and not os.access(self.store_dir, os.W_OK):
+            # Every worker of a server on a read-only store says so, not only one that tried a reload.
+            reach = "other replicas through the repository only" if self.repository else "this server's workers only"
+            problems.append(f"{self.store_dir} is not writable here: a reload on this replica reaches {reach}")
         return ReplicaStatus(
             name=self.replica,
             store=str(self.store_dir),
             sync_interval_seconds=self._interval,
             last_check=self._last_check,
-            signal_error="; ".join(e for e in (self._read_error, *(w for _, w in self._write_failed)) if e) or None,
+            signal_error="; ".join(problems) or None,
             repository=repository,
         )
 
