@@ -178,6 +178,8 @@ class Front:
         method, path = scope["method"], scope["path"]
         if method in ("GET", "HEAD") and path in DOCS_FILES:
             return await _docs_file(send, path, head=method == "HEAD")
+        if method == "OPTIONS" and self.settings.cors_origins and _header(scope, b"access-control-request-method"):
+            return await self.app(scope, receive, send)  # a CORS preflight: BentoML's CORS middleware, further in
         route, allowed = self.routes.match(scope)
         if route is None and allowed:
             return await respond(

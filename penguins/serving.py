@@ -66,7 +66,16 @@ def server_config(settings: Settings) -> dict[str, Any]:
         # BentoML 1.4 always installs its tracing middleware; an excluded URL passes through it untouched.
         config["tracing"] = {"excluded_urls": ".*"}
     if settings.cors_origins:
-        config["http"] = {"cors": {"enabled": True, "access_control_allow_origins": settings.cors_origins}}
+        config["http"] = {
+            "cors": {
+                "enabled": True,
+                "access_control_allow_origins": settings.cors_origins,
+                # Starlette's defaults allow GET alone and no request headers: a browser's JSON POST needs these.
+                "access_control_allow_methods": ["GET", "POST"],
+                "access_control_allow_headers": ["authorization", "content-type", "x-request-id"],
+                "access_control_expose_headers": ["x-request-id"],
+            }
+        }
     return config
 
 
@@ -371,7 +380,8 @@ class Gateway:
             if body is None:
                 return await _respond(send, Refused(413, f"request body over {limit} bytes", limit_bytes=limit))
             receive = _replay(body, receive)
-        log = self.prediction_log() if typed or path == "/classify" else None
+        predicts = scope["method"] == "POST" and (typed or path == "/classify")  # not a CORS preflight, say
+        log = self.prediction_log() if predicts else None
         if log is not None:
             receive, send = _recorded(scope, receive, send, log, headers)
         await self.app(scope, receive, send)
@@ -396,20 +406,17 @@ def _recorded(scope, receive, send, log: PredictionLog, headers: dict[bytes, byt
             message = {**message, "headers": [*message.get("headers", []), (b"x-request-id", request_id.encode())]}
         elif message["type"] == "http.response.body" and status == 200:
             response_chunks.append(message.get("body", b""))
-            if not message.get("more_body", False):
+            validated = None if message.get("more_body", False) else _validated_json(scope)
+            if validated is not None:  # the last body message of an answer to input BentoML validated
                 log.write(
-                    request_id,
-                    scope["path"],
-                    _validated_json(scope),
-                    b"".join(response_chunks),
-                    time.perf_counter() - started,
+                    request_id, scope["path"], validated, b"".join(response_chunks), time.perf_counter() - started
                 )
         await send(message)
 
     return receive, send_recorded
 
 
-def _validated_json(scope: dict[str, Any]) -> bytes:
+def _validated_json(scope: dict[str, Any]) -> bytes | None:
     from penguins.workarounds import VALIDATED, VALIDATED_JSON
 
     serialised = scope.get(VALIDATED_JSON)
@@ -417,7 +424,7 @@ def _validated_json(scope: dict[str, Any]) -> bytes:
         return serialised
     validated = scope.get(VALIDATED)
     # warnings=False: columns arrive as PenguinRows (one tuple per penguin), written as lists, as validated
-    return b"null" if validated is None else validated.__pydantic_serializer__.to_json(validated, warnings=False)
+    return None if validated is None else validated.__pydantic_serializer__.to_json(validated, warnings=False)
 
 
 async def _read_bounded(receive: Callable[..., Any], limit: int) -> bytes | None:

@@ -125,8 +125,12 @@ def stop_group(process: subprocess.Popen, timeout: float) -> None:
 
 def crash(process: subprocess.Popen) -> None:
     """SIGKILL a started process and its whole tree at once, as a machine crash would: no shutdown of any kind."""
+    # The leader by its group too: its proctitle (setproctitle, "circusd") can overwrite the environment that
+    # /proc shows, and so its tag.
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
     kill_tagged(PROCESS_TAG, process.tag, signal.SIGKILL)  # type: ignore[attr-defined]
-    process.wait()
+    process.wait(timeout=30)
 
 
 class Server(str):

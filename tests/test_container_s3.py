@@ -17,11 +17,12 @@ import pytest
 
 from penguins.contract import EXAMPLE_PENGUIN
 from tests.compose import COMPOSE, WHY_NOT, Stack
+from tests.tiers import unavailable
 
 pytestmark = [pytest.mark.container, pytest.mark.integration, pytest.mark.s3]
 
 if COMPOSE is None:
-    pytest.skip(f"container tests need a Docker engine: {WHY_NOT}", allow_module_level=True)
+    unavailable(f"container tests need a Docker engine: {WHY_NOT}", module=True)
 
 LOGS = "/home/bentoml/logs"
 

@@ -225,10 +225,16 @@ def test_prediction_log_keeps_every_answer_through_a_crash(tmp_path, store_dir, 
         assert httpx.post(f"{url}/reload", headers=AUTH).status_code == 200
         assert httpx.post(f"{url}/reload").status_code == 401
 
-        preflight = {"access-control-request-method": "POST"}
+        # What a browser page on the allowed origin sends before its JSON POST.
+        preflight = {"access-control-request-method": "POST", "access-control-request-headers": "content-type"}
         yes = httpx.options(f"{url}/classify", headers={"origin": allowed, **preflight})
         no = httpx.options(f"{url}/classify", headers={"origin": "http://elsewhere.example", **preflight})
+        assert yes.status_code == 200, yes.text
         assert yes.headers.get("access-control-allow-origin") == allowed
+        assert "POST" in yes.headers["access-control-allow-methods"]
+        simple = httpx.post(f"{url}/classify", json=BODY, headers={"origin": allowed, "x-request-id": "cors"})
+        assert simple.headers.get("access-control-allow-origin") == allowed
+        answered["cors"] = "/classify"  # logged like any answer; the preflights are not
         assert "access-control-allow-origin" not in no.headers
 
         crash(url.process)  # the server and its workers at once: no shutdown, no flush at exit
@@ -243,7 +249,8 @@ def test_prediction_log_keeps_every_answer_through_a_crash(tmp_path, store_dir, 
     for request_id, route in answered.items():
         record = by_id[request_id]
         assert record["route"] == route and record["model"].startswith("penguins-")
-        assert record["input"] == BODY and record["output"][0]["species"] == "Gentoo"
+        # the validated input: what was sent, with the defaults filled in (/classify's "model": null)
+        assert record["input"]["penguins"] == BODY["penguins"] and record["output"][0]["species"] == "Gentoo"
     everything = (tmp_path / "serve.log").read_text() + "".join(f.read_text() for f in files)
     assert TOKEN not in everything
     figures["prediction log through a crash"] = {

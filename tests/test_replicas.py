@@ -24,6 +24,7 @@ import pytest
 from penguins.contract import EXAMPLE_PENGUIN
 from penguins.store import STORE_FAILURE, endpoint_name, model_name, scan
 from tests.servers import run_train, serve, workers_that_answered
+from tests.tiers import unavailable
 
 pytestmark = pytest.mark.integration
 
@@ -48,7 +49,7 @@ WITHOUT_PERMISSION_BYPASS = ("setpriv", "--bounding-set=-dac_override,-dac_read_
 
 def _needs(*tools: str) -> None:
     if os.geteuid() != 0:
-        pytest.skip("needs root (a mount namespace, dropping capabilities)")
+        unavailable("needs root (a mount namespace, dropping capabilities)")
     missing = [t for t in tools if shutil.which(t) is None]
     if missing:
         pytest.fail(f"{', '.join(missing)} (util-linux) missing")
