@@ -50,7 +50,7 @@ def decide(
     name: str, metrics: dict[str, Any], tolerance: float = DEFAULT_TOLERANCE, store_dir: Path | None = None
 ) -> Decision:
     """Promote when nothing is served yet, or when score >= served score - tolerance."""
-    from bentoml._internal.models.model import Model
+    from bentoml import Model
 
     if tolerance < 0:
         raise ValueError(f"tolerance must be >= 0, got {tolerance}")

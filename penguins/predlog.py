@@ -132,6 +132,6 @@ def failures_counter() -> Any:
 
 
 def worker_index() -> int | None:
-    from bentoml._internal.context import server_context
+    from bentoml import server_context
 
     return server_context.worker_index

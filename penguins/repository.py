@@ -189,7 +189,7 @@ class Repository:
     def publish(self, model_path: Path) -> Manifest:
         """Publish the model folder at `model_path` (a version in a BentoML store). A version is immutable: when its
         manifest exists already, that manifest is returned and nothing is uploaded."""
-        from bentoml._internal.models.model import Model
+        from bentoml import Model
 
         model = Model.from_path(model_path)
         name, version = model.tag.name, str(model.tag.version)
@@ -390,7 +390,7 @@ class Repository:
             try:
                 with tarfile.open(part, "r:*") as archive:
                     unpack(archive, unpacked)
-                from bentoml._internal.models.model import Model
+                from bentoml import Model
 
                 model = Model.from_path(unpacked)
             except Exception as error:
@@ -436,7 +436,7 @@ def _present(store_dir: Path, manifest: Manifest) -> bool:
 
 def _update_latest(name_dir: Path, version: str, created: datetime) -> None:
     """BentoML's rule: `latest` names the newest version by creation time. Written by rename, never half."""
-    from bentoml._internal.models.model import Model
+    from bentoml import Model
 
     latest = name_dir / "latest"
     try:

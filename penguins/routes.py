@@ -62,6 +62,7 @@ class ModelRoutes:
             for name in routes.values():
                 if name not in self._apis:
                     self._apis[name] = typed_api(name, self.settings)
-            workarounds.serve_apis(app, {self._apis[n].name: self._apis[n] for n in routes.values()})
-            self.by_route = routes
+            served = workarounds.serve_apis(app, {self._apis[n].name: self._apis[n] for n in routes.values()})
+            # On a BentoML the swap was not written for, none is served: `/classify` with `model` still is.
+            self.by_route = routes if served else {}
         self._applied = snapshot

@@ -72,9 +72,9 @@ def route_of(name: str) -> str:
 
 def default_store_dir() -> Path:
     """BentoML's own model store: $BENTOML_HOME/models."""
-    from bentoml._internal.configuration.containers import BentoMLContainer
+    from penguins.workarounds import model_store_dir
 
-    return Path(BentoMLContainer.model_store_dir.get())
+    return model_store_dir()
 
 
 STORE_FAILURE = "model store"
@@ -138,7 +138,7 @@ def scan_with_rejected(
 ) -> tuple[list[StoredModel], list[Failure], list[RejectedVersion], list[Skipped]]:
     """`scan`, plus every version labelled rejected (newest first per name) when `list_rejected`, and the
     penguin-named models that are not served (saved some other way, or under a name that cannot be a route)."""
-    from bentoml._internal.models.model import Model
+    from bentoml import Model
 
     found: list[StoredModel] = []
     failures: list[Failure] = []
@@ -226,7 +226,7 @@ def _is_rejected(model: Any) -> bool:
 def _complete_versions(model_dir: Path) -> list[tuple[str, Any]]:
     """Every readable version under a model name, newest first. Unreadable ones are skipped: besides `latest`
     (which BentoML writes only after a save completed), any version folder may be a save still in progress."""
-    from bentoml._internal.models.model import Model
+    from bentoml import Model
 
     versions = []
     for path in model_dir.iterdir():
@@ -320,7 +320,7 @@ class LoadedModel:
 def load(stored: StoredModel, compiled: bool = True) -> LoadedModel:
     """Read one model from disk: the ONNX form when it was saved with one (and wanted), else the pipeline."""
     import bentoml
-    from bentoml._internal.models.model import Model
+    from bentoml import Model
 
     model = Model.from_path(stored.path)
     metadata = dict(model.info.metadata)

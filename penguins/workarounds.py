@@ -1,5 +1,11 @@
-"""Fixes for BentoML 1.4.39's serving internals (`apply`, `serve_apis`, `spread_connections`), and for CPython's
-garbage collector under server load (`freeze_heap`), run in each worker, never at import.
+"""The one module that touches BentoML's internals (`bentoml._internal`, `_bentoml_impl`, `_bentoml_sdk`): fixes for
+BentoML 1.4.39's serving internals (`apply`, `serve_apis`, `spread_connections`), the model store's location
+(`model_store_dir`), and a fix for CPython's garbage collector under server load (`freeze_heap`); run in each worker,
+never at import.
+
+Each fix is guarded (`misfit`): on a BentoML (or uvicorn) version other than the one it was tested with, or when
+what it patches no longer has the shape it was written for, it stays off and logs one warning: the service then
+behaves as stock BentoML does (slower, or without per-model routes), never patched blind.
 
 Each fix in `apply` patches one method of a BentoML class (one module function: `publish_alternatives`), so it
 reaches the instances BentoML has already built; `serve_apis` swaps APIs into a running app; `spread_connections`
@@ -18,6 +24,7 @@ import socket
 import sys
 import threading
 from functools import wraps
+from pathlib import Path
 from typing import Any
 
 # Where `validate_off_the_loop` leaves what BentoML validated, in the request's ASGI scope, for the prediction log.
@@ -30,12 +37,136 @@ DRAINING = threading.Event()
 logger = logging.getLogger(__name__)
 
 
+# The versions every fix below was written for and tested with (tests/test_workarounds.py checks the shapes).
+TESTED = {"bentoml": "1.4.39", "uvicorn": "0.54.0"}
+
+# What each fix patches, as the tested versions have it: (distribution, [(module, attribute, parameter names)]).
+SHAPES: dict[str, tuple[str, list[tuple[str, str, tuple[str, ...]]]]] = {
+    "serve_apis": (
+        "bentoml",
+        [
+            ("_bentoml_impl.server.app", "ServiceAppFactory.api_endpoint_wrapper", ("self", "name", "request")),
+            (
+                "bentoml._internal.marshal.dispatcher",
+                "CorkDispatcher.__init__",
+                ("self", "max_latency_in_ms", "max_batch_size", "shared_sema", "fallback", "get_batch_size")
+                + ("batch_dim",),
+            ),
+        ],
+    ),
+    "bind_api_methods_once": ("bentoml", [("_bentoml_sdk.method", "APIMethod._local_call", ("self", "instance"))]),
+    "publish_alternatives": (
+        "bentoml",
+        [("_bentoml_sdk.method", "_flatten_field", ("schema", "defs", "max_depth", "_depth"))],
+    ),
+    "keep_requests_whole": (
+        "bentoml",
+        [("bentoml._internal.marshal.dispatcher", "CorkDispatcher._get_inputs", ("self", "num_batches"))],
+    ),
+    "send_answers_as_returned": (
+        "bentoml",
+        [("_bentoml_sdk.io_models", "IOMixin.to_http_response", ("obj", "serde"))],
+    ),
+    "bound_batch_wait": ("bentoml", [("bentoml._internal.marshal.dispatcher", "Optimizer.trigger_refresh", ("self",))]),
+    "release_request_timers": (
+        "bentoml",
+        [
+            (
+                "bentoml._internal.server.http.traffic",
+                "TimeoutMiddleware.__call__",
+                ("self", "scope", "receive", "send"),
+            ),
+            ("bentoml._internal.server.http.traffic", "TimeoutMiddleware._set_timer_out", ("self", "waiter")),
+        ],
+    ),
+    "label_metrics_by_route": (
+        "bentoml",
+        [
+            (
+                "bentoml._internal.server.http.instruments",
+                "RunnerTrafficMetricsMiddleware.__call__",
+                ("self", "scope", "receive", "send"),
+            )
+        ],
+    ),
+    "quiet_client_errors": ("bentoml", [("_bentoml_impl.server.app", "log_exception", ("request", "exc_info"))]),
+    "validate_off_the_loop": (
+        "bentoml",
+        [("_bentoml_impl.serde", "JSONSerde.parse_request", ("self", "request", "cls"))],
+    ),
+    "drain_on_shutdown": ("uvicorn", [("uvicorn.server", "Server.shutdown", ("self", "sockets"))]),
+    "bound_connections": (
+        "uvicorn",
+        [
+            ("uvicorn.protocols.http.httptools_impl", f"HttpToolsProtocol.{name}", params)
+            for name, params in (
+                ("connection_made", ("self", "transport")),
+                ("data_received", ("self", "data")),
+                ("on_message_begin", ("self",)),
+                ("on_headers_complete", ("self",)),
+                ("on_message_complete", ("self",)),
+                ("connection_lost", ("self", "exc")),
+            )
+        ],
+    ),
+    # Patches nothing; reads the command line BentoML gives its HTTP worker (`--fd N`).
+    "spread_connections": ("bentoml", []),
+    "model_store_dir": ("bentoml", [("bentoml._internal.configuration.containers", "BentoMLContainer", ())]),
+}
+
+
+@functools.cache
+def misfit(fix: str) -> str | None:
+    """Why `fix` must stay off here (an untested version, or a target of another shape), or None when it fits."""
+    import importlib
+    import inspect
+    from importlib.metadata import version
+
+    distribution, targets = SHAPES[fix]
+    installed = version(distribution)
+    if installed != TESTED[distribution]:
+        return f"written for {distribution} {TESTED[distribution]}, this is {installed}"
+    for module_name, attribute, params in targets:
+        try:
+            target: Any = importlib.import_module(module_name)
+            for part in attribute.split("."):
+                target = getattr(target, part)
+        except (ImportError, AttributeError) as error:
+            return f"{module_name}.{attribute} is gone ({error})"
+        if not params:
+            continue
+        found = tuple(inspect.signature(target).parameters)
+        if found != params:
+            return f"{module_name}.{attribute} takes {found}, not {params}"
+    return None
+
+
+_WARNED: set[str] = set()
+
+
+def _fits(fix: str) -> bool:
+    problem = misfit(fix)
+    if problem is not None and fix not in _WARNED:
+        _WARNED.add(fix)
+        logger.warning("BentoML workaround %s stays off: %s", fix, problem)
+    return problem is None
+
+
+def model_store_dir() -> Path:
+    """BentoML's own model store: $BENTOML_HOME/models (as configured, wherever BENTOML_HOME points)."""
+    if not _fits("model_store_dir"):
+        return Path(os.environ.get("BENTOML_HOME", Path.home() / "bentoml")) / "models"
+    from bentoml._internal.configuration.containers import BentoMLContainer
+
+    return Path(BentoMLContainer.model_store_dir.get())
+
+
 # Put in the `Annotated[...]` of an API's output type: BentoML then sends what the API returns as JSON as it is,
 # without validating it against that type again (`send_answers_as_returned`).
 AS_RETURNED = "penguins: sent as returned"
 
 
-def serve_apis(app: Any, apis: dict[str, Any]) -> None:
+def serve_apis(app: Any, apis: dict[str, Any]) -> bool:
     """Make a running BentoML 1.4.39 app serve exactly `apis` (name -> APIMethod) besides the service's own.
 
     BentoML fixes a service's routes when its app is built (upstream issue #4460: no way to add endpoints to a
@@ -43,8 +174,10 @@ def serve_apis(app: Any, apis: dict[str, Any]) -> None:
     `service.apis`, the callable on the service instance, the batching dispatcher in its app factory — and
     `/docs.json` and `/schema.json` are generated from `service.apis` on every request. So adding an API is: a
     dispatcher (when batchable), the instance's callable, a new `apis` dict and a new route list, each swapped in whole
-    so a request in flight reads either the old or the new one. Call it on the event loop.
+    so a request in flight reads either the old or the new one. Call it on the event loop. False when it stays off.
     """
+    if not _fits("serve_apis"):
+        return False
     from _bentoml_impl.server.app import ServiceAppFactory
     from bentoml._internal.marshal.dispatcher import CorkDispatcher
     from bentoml._internal.runner.container import AutoContainer
@@ -95,6 +228,7 @@ def serve_apis(app: Any, apis: dict[str, Any]) -> None:
     for name in before.keys() - apis.keys():
         # A request already queued in its dispatcher still finishes; the callable goes with the route.
         instance.__dict__.pop(name, None)
+    return True
 
 
 def apply(
@@ -129,6 +263,8 @@ def bind_api_methods_once() -> None:
     batch): ~7% of a small request's CPU. The caller depends only on the method and the instance, so the instance
     keeps its callers (a cycle through the instance: freed with it by the collector). No upstream issue.
     """
+    if not _fits("bind_api_methods_once"):
+        return
     from _bentoml_sdk.method import APIMethod
 
     bind = APIMethod.__dict__["_local_call"]
@@ -156,6 +292,8 @@ def publish_alternatives() -> None:
     `X | None`: `penguins`, a list of penguins or one list per field, was published as the list alone. An `anyOf` of
     one option besides null is still flattened as before. No upstream issue.
     """
+    if not _fits("publish_alternatives"):
+        return
     from _bentoml_sdk import method
 
     flatten = method._flatten_field
@@ -182,6 +320,8 @@ def keep_requests_whole() -> None:
     fit waits for the next batch, and one larger than `max_batch_size` is a batch of its own: `max_batch_size`
     bounds how many penguins from different requests are combined, not a request.
     """
+    if not _fits("keep_requests_whole"):
+        return
     from bentoml._internal.marshal.dispatcher import CorkDispatcher
 
     if getattr(CorkDispatcher._get_inputs, "keeps_requests_whole", False):
@@ -213,6 +353,8 @@ def send_answers_as_returned() -> None:
     and then to JSON (`IOMixin.to_http_response`): three passes over an answer our own code built from the model's
     arrays, ~100 ms of a 10,000-penguin request. No upstream issue.
     """
+    if not _fits("send_answers_as_returned"):
+        return
     from _bentoml_sdk.io_models import IOMixin, IORootModel
     from pydantic_core import to_json
     from starlette.responses import Response
@@ -245,6 +387,8 @@ def bound_batch_wait(max_wait_ms: float) -> None:
     overshoot, so after heavy load `wait` does not decay to zero but settles near 15 ms: a lone client then waits
     that long on every request, for nothing.
     """
+    if not _fits("bound_batch_wait"):
+        return
     from bentoml._internal.marshal.dispatcher import Optimizer
 
     learn = getattr(Optimizer.trigger_refresh, "__wrapped__", Optimizer.trigger_refresh)
@@ -265,6 +409,8 @@ def release_request_timers() -> None:
     is ~30,000 requests' objects, and the garbage collector's full passes over them paused the worker for 100-400 ms.
     Same behaviour otherwise: a 504 when no response has started within the timeout.
     """
+    if not _fits("release_request_timers"):
+        return
     from bentoml._internal.server.http.traffic import TimeoutMiddleware
 
     if getattr(TimeoutMiddleware.__call__, "releases_timer", False):
@@ -308,6 +454,8 @@ def label_metrics_by_route() -> None:
     template of the route that takes the request (a mount's prefix for what is under it), or one fixed label for
     every path no route takes; the app below still gets the request's own scope.
     """
+    if not _fits("label_metrics_by_route"):
+        return
     from bentoml._internal.server.http.instruments import RunnerTrafficMetricsMiddleware as Metrics
 
     if getattr(Metrics.__call__, "labels_by_route", False):
@@ -344,6 +492,8 @@ class _RealScope:
 def quiet_client_errors() -> None:
     """No traceback in the server log for a client's mistake (BentoML 1.4.39 logs a ~25-line traceback at ERROR for
     every 400): a validation error or a BentoML error below 500 is logged at DEBUG in one line; others as before."""
+    if not _fits("quiet_client_errors"):
+        return
     import _bentoml_impl.server.app as server_app
 
     if getattr(server_app.log_exception, "quiet_client_errors", False):
@@ -375,6 +525,8 @@ def validate_off_the_loop(min_bytes: int, keep_json: bool = True) -> None:
     (`VALIDATED`), so that the prediction log writes what was validated, never the raw request text; with `keep_json`
     a big one is also serialised there, in the thread (`VALIDATED_JSON`).
     """
+    if not _fits("validate_off_the_loop"):
+        return
     from _bentoml_impl.serde import JSONSerde
 
     original = getattr(JSONSerde.parse_request, "__wrapped__", JSONSerde.parse_request)
@@ -414,6 +566,8 @@ def drain_on_shutdown(drain_s: float) -> None:
     reads `DRAINING`), and waits for the requests in flight when the signal came to finish. Then uvicorn's shutdown
     runs, bounded by what is left of `drain_s`.
     """
+    if not _fits("drain_on_shutdown"):
+        return
     from uvicorn.server import Server
 
     if getattr(Server.shutdown, "drains", False):
@@ -447,6 +601,8 @@ def bound_connections(header_s: float, body_s: float, max_connections: int) -> N
     no request in progress (a slow or idle one), so a client that is talking keeps its connection: 20,000 slow
     connections made 9 of 10 normal requests time out.
     """
+    if not _fits("bound_connections"):
+        return
     from collections import OrderedDict
     from itertools import islice
 
@@ -556,7 +712,7 @@ def spread_connections(worker_index: int | None) -> bool:
     connections to this worker. Connections still queued on a worker's own socket when that worker exits are reset.
     """
     fd = _inherited_listener()
-    if fd is None:
+    if fd is None or not _fits("spread_connections"):
         return False
     with socket.socket(fileno=os.dup(fd)) as shared:
         if shared.type != socket.SOCK_STREAM or shared.family not in (socket.AF_INET, socket.AF_INET6):

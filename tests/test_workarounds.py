@@ -213,3 +213,51 @@ def test_an_api_method_is_bound_to_its_instance_once():
     del other
     gc.collect()
     assert dropped() is None  # the callers it keeps do not keep it alive
+
+
+def test_every_patched_internal_has_the_shape_its_fix_was_written_for():
+    """Fails when an upgrade changes what a fix patches (a moved class, a renamed parameter): re-check that fix."""
+    assert {fix: workarounds.misfit(fix) for fix in workarounds.SHAPES} == dict.fromkeys(workarounds.SHAPES)
+
+
+GUARDED = """
+import logging, sys
+logging.basicConfig(level=logging.WARNING, stream=sys.stdout, format="%(message)s")
+from penguins import workarounds
+{setup}
+workarounds.apply(5, big_body_bytes=1000, drain_s=1.0, connections=(5.0, 5.0, 100))
+from bentoml._internal.marshal.dispatcher import CorkDispatcher, Optimizer
+from bentoml._internal.server.http.traffic import TimeoutMiddleware
+print("keeps_requests_whole", getattr(CorkDispatcher._get_inputs, "keeps_requests_whole", False))
+print("bound_batch_wait", hasattr(Optimizer.trigger_refresh, "__wrapped__"))
+print("release_request_timers", getattr(TimeoutMiddleware.__call__, "releases_timer", False))
+print("serve_apis", workarounds.serve_apis(None, {{}}) if workarounds.misfit("serve_apis") else "fits")
+"""
+
+
+def _guarded(setup: str) -> str:
+    import subprocess
+
+    done = subprocess.run(
+        [sys.executable, "-c", GUARDED.format(setup=setup)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_on_an_untested_bentoml_every_fix_stays_off_and_says_why():
+    out = _guarded('workarounds.TESTED["bentoml"] = "1.4.40"')
+    assert "keeps_requests_whole False" in out and "bound_batch_wait False" in out
+    assert "release_request_timers False" in out and "serve_apis False" in out
+    assert "BentoML workaround keep_requests_whole stays off: written for bentoml 1.4.40, this is 1.4.39" in out
+    assert "drain_on_shutdown" not in out  # uvicorn's fixes check uvicorn's version: the tested one here
+
+
+def test_a_target_of_another_shape_keeps_that_fix_off_and_the_others_on():
+    setup = (
+        "from bentoml._internal.marshal.dispatcher import Optimizer\n"
+        "Optimizer.trigger_refresh = lambda self, now: None  # as if an upgrade added a parameter"
+    )
+    out = _guarded(setup)
+    assert "bound_batch_wait False" in out and "keeps_requests_whole True" in out and "serve_apis fits" in out
+    assert "BentoML workaround bound_batch_wait stays off: " in out and "takes ('self', 'now')" in out

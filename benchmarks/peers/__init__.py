@@ -182,7 +182,7 @@ def environment(name: str) -> Path:
 
 def export(home: Path, model_name: str, dest: Path) -> list[str]:
     """The stored model as the peers read it: the pipeline's own pickle, its ONNX graph, its classes."""
-    from bentoml._internal.models.model import Model
+    from bentoml import Model
 
     from penguins.store import scan
 
