@@ -105,7 +105,23 @@ def train(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
 
 
 def gate(trained: dict[str, Any], overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Save each candidate `train` left, labelled promoted or rejected against the served version."""
+    """Save each candidate `train` left, labelled promoted or rejected against the served version, from a fresh
+    interpreter: Airflow's task processes import dill, and a pipeline pickled where dill is imported needs dill to
+    load (training._save refuses to save there)."""
+    import json
+    import subprocess
+    import sys
+
+    request = json.dumps({"trained": trained, "overrides": overrides})
+    done = subprocess.run(
+        [sys.executable, "-m", "penguins.pipeline", "gate"], input=request, capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"the gate step failed (exit {done.returncode}):\n{done.stderr[-4000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _gate_here(trained: dict[str, Any], overrides: dict[str, Any] | None) -> dict[str, Any]:
     from penguins.gate import save_gated
 
     config = settings(overrides)
@@ -137,3 +153,13 @@ def reload(overrides: dict[str, Any] | None = None, timeout: float = 60) -> dict
     if response.status_code != 200:
         raise RuntimeError(f"reload at {config.api_url} answered {response.status_code}: {response.text[:500]}")
     return response.json()
+
+
+if __name__ == "__main__":  # `gate`'s clean interpreter: the request on stdin, the report as the last line out
+    import json
+    import sys
+
+    if sys.argv[1:] != ["gate"]:
+        raise SystemExit("usage: python -m penguins.pipeline gate < request.json")
+    request = json.load(sys.stdin)
+    print(json.dumps(_gate_here(request["trained"], request["overrides"])))

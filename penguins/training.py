@@ -20,8 +20,7 @@ import inspect
 import json
 import platform
 import sys
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -391,51 +390,37 @@ def _save(trained: TrainedModel, labels: dict[str, str] | None = None) -> str:
         custom_objects["onnx"] = trained.onnx
     if trained.explanation is not None:
         custom_objects[EXPLAIN_OBJECT] = trained.explanation
-    with _stock_pickle():
-        saved = bentoml.sklearn.save_model(
-            trained.name,
-            trained.pipeline,
-            labels={**labels_for(trained.algorithm), **(labels or {})},
-            metadata=metadata,
-            custom_objects=custom_objects or None,
-        )
+    _refuse_dill_picklers()
+    saved = bentoml.sklearn.save_model(
+        trained.name,
+        trained.pipeline,
+        labels={**labels_for(trained.algorithm), **(labels or {})},
+        metadata=metadata,
+        custom_objects=custom_objects or None,
+    )
     repository.publish(str(saved.tag))  # every saved version, promoted or rejected: replicas elsewhere need both
     return str(saved.tag)
 
 
-@contextmanager
-def _stock_pickle() -> Iterator[None]:
-    """Pickle without dill's reducers while saving. Importing dill (Airflow does, in the DAG's task processes) adds
-    them to the pure-Python pickler's dispatch table, which joblib (hence bentoml.sklearn) copies into its own
-    pickler when imported: the saved pipeline would then need dill to load (`dill._dill._load_type` for its slices),
-    and the API's image has no dill. Every such table gets the stock reducers back for the save, then is restored."""
+def _refuse_dill_picklers() -> None:
+    """Refuse to save where dill's reducers are in the pickler joblib (hence bentoml.sklearn) saves with: importing
+    dill (Airflow does, in the DAG's task processes) adds them to the pure-Python pickler's dispatch table, and a
+    pipeline saved so needs dill to load (`dill._dill._load_type` for its slices) — the API's image has none. The
+    DAG's gate step saves in a clean interpreter (`penguins.pipeline.gate`)."""
     if "dill" not in sys.modules:
-        yield
         return
     import pickle
 
-    from dill import _dill
-
-    stock = getattr(_dill, "pickle_dispatch_copy", {})  # pickle's own table, copied by dill before extending it
-    tables, pending = {}, [pickle._Pickler]
+    pending = [pickle._Pickler]
     while pending:
         cls = pending.pop()
-        tables[id(cls.dispatch)] = cls.dispatch
+        if any(str(getattr(reducer, "__module__", "")).startswith("dill") for reducer in cls.dispatch.values()):
+            raise RuntimeError(
+                "dill is imported in this process and its reducers are in the pickler models are saved with: "
+                "a model saved here would need dill to load, and the API has none. Save from an interpreter "
+                "that has not imported dill (penguins.pipeline.gate does so for the Airflow DAG)."
+            )
         pending.extend(cls.__subclasses__())
-    saved = [(table, dict(table)) for table in tables.values()]
-    for table in tables.values():
-        for key, reducer in list(table.items()):
-            if str(getattr(reducer, "__module__", "")).startswith("dill"):
-                if key in stock:
-                    table[key] = stock[key]
-                else:
-                    del table[key]
-    try:
-        yield
-    finally:
-        for table, before in saved:
-            table.clear()
-            table.update(before)
 
 
 def library_versions() -> dict[str, str]:
