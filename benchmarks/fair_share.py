@@ -1,8 +1,8 @@
 """Fair share: a lone single-penguin client's latency while 16 connections flood the server with 10,000-penguin
 requests, as a ratio to its latency with nothing else running (goal: p50 at most 5x).
 
-    uv run python benchmarks/fair_share.py                 # 20 s unloaded, 20 s flooded
-    uv run python benchmarks/fair_share.py --seconds 5     # shorter
+    uv run python -m benchmarks.fair_share                 # 20 s unloaded, 20 s flooded
+    uv run python -m benchmarks.fair_share --seconds 5     # shorter
 
 The flooders ignore Retry-After (as a hostile client would) and send their next body as soon as an answer comes. A
 benchmark, not a test: the machine is shared, so report the figures as measured, with the load it had.
@@ -22,12 +22,11 @@ from pathlib import Path
 
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
 
 from penguins.contract import EXAMPLE_PENGUIN  # noqa: E402
-from tests.servers import run_train, serve  # noqa: E402
+from penguins.testing import run_train, serve  # noqa: E402
 
 BULK = json.dumps({"penguins": [EXAMPLE_PENGUIN] * 10_000}).encode()
 ONE = json.dumps({"penguins": [EXAMPLE_PENGUIN]}).encode()

@@ -1,9 +1,9 @@
 """One-command benchmark: in-process predictors, the BentoML no-op ceiling, our service, and the workshop-style
 baseline, all started here on loopback and measured in the same run, with ratios.
 
-    uv run python benchmarks/run.py            # full: 5 rounds of 5 s per load point (about 13 minutes)
-    uv run python benchmarks/run.py --quick    # short: 1 round of 1 s, about 2 minutes (CI runs it: it cannot rot)
-    uv run python benchmarks/run.py --peers    # ours against MLServer, KServe, FastAPI (+ sklearn, + onnxruntime)
+    uv run python -m benchmarks.run            # full: 5 rounds of 5 s per load point (about 13 minutes)
+    uv run python -m benchmarks.run --quick    # short: 1 round of 1 s, about 2 minutes (CI runs it: it cannot rot)
+    uv run python -m benchmarks.run --peers    # ours against MLServer, KServe, FastAPI (+ sklearn, + onnxruntime)
 
 All servers run at once and the load points are interleaved (at each concurrency, round after round: the ceiling,
 ours, the baselines), and every ratio is the median of the ratios within a round: figures taken seconds apart on this
@@ -30,13 +30,12 @@ from pathlib import Path
 
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
 
 from penguins.contract import EXAMPLE_PENGUIN  # noqa: E402
 from penguins.store import endpoint_name, model_name  # noqa: E402
-from tests.servers import free_port, run_train, running, serve  # noqa: E402
+from penguins.testing import free_port, run_train, running, serve  # noqa: E402
 
 MODELS = ("random-forest", "logistic-regression")
 # (connections, after_load): the lone client is measured again last, after the heaviest load, because that is when

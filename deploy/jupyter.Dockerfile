@@ -37,7 +37,6 @@ RUN uv sync --locked --no-dev --group jupyter --no-install-project --no-cache
 COPY README.md ./
 COPY penguins ./penguins
 COPY train.py service.py ./
-COPY deploy/bootstrap.py ./deploy/
 RUN uv sync --locked --no-dev --group jupyter --no-cache
 COPY --chown=bentoml:bentoml notebooks ./notebooks
 

@@ -9,7 +9,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-from tests.servers import ROOT
+from penguins.testing import ROOT
 
 CHROMIUM = os.environ.get("PENGUINS_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [

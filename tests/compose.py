@@ -20,7 +20,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.servers import free_port
+from penguins.testing import free_port
 from tests.tiers import unavailable
 
 ROOT = Path(__file__).resolve().parents[1]

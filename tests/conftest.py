@@ -20,12 +20,10 @@ import pytest  # noqa: E402
 
 from penguins.contract import EXAMPLE_PENGUIN, TARGET  # noqa: E402
 from penguins.data import load_penguins  # noqa: E402
-from tests.servers import SESSION_TAG, kill_tagged, session_id, tagged  # noqa: E402
+from penguins.testing import ROOT, SESSION_TAG, kill_tagged, session_id, tagged  # noqa: E402
 from tests.tiers import unavailable  # noqa: E402
 
 session_id()  # set before pytest-xdist starts its workers, so that they share it
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
@@ -62,14 +60,6 @@ def store(tmp_path, store_dir, trained) -> Path:
     return copy
 
 
-def version_dir(store: Path, algorithm: str) -> Path:
-    """The folder of a model's `latest` version in a store."""
-    from penguins.store import model_name
-
-    name_dir = store / model_name(algorithm)
-    return name_dir / (name_dir / "latest").read_text().strip()
-
-
 @pytest.fixture(scope="session")
 def svc(trained):
     """The service class, imported only once the store holds every model (routes are declared at import)."""
@@ -89,14 +79,6 @@ def client(svc):
 @pytest.fixture(scope="session")
 def log_dir() -> Path:
     return Path(os.environ["PENGUINS_LOG_DIR"])
-
-
-def read_prediction_log(directory: Path):
-    """The README's one-liner."""
-    import pandas as pd
-
-    files = sorted(directory.glob("predictions-*.jsonl*"))
-    return pd.concat(pd.read_json(f, lines=True) for f in files) if files else pd.DataFrame()
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from tests.servers import ROOT
+from penguins.testing import ROOT
 from tests.tiers import unavailable
 
 pytestmark = pytest.mark.integration
@@ -24,7 +24,7 @@ def test_quick_benchmark_measures_every_section(tmp_path, figures):
         unavailable("the benchmark's load generator is wrk: apt-get install wrk (.ci/run does)")
     out = tmp_path / "benchmark.json"
     run = subprocess.run(
-        [sys.executable, "benchmarks/run.py", "--quick", "--out", str(out)],
+        [sys.executable, "-m", "benchmarks.run", "--quick", "--out", str(out)],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 
-from tests.servers import ROOT
+from penguins.testing import ROOT
 
 TIER = textwrap.dedent(
     """

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from penguins.store import model_name, scan
-from tests.servers import ROOT, run_train, serve
+from penguins.testing import ROOT, run_train, serve
 from tests.tiers import unavailable
 
 pytestmark = pytest.mark.integration

@@ -21,7 +21,7 @@ from schemathesis import GenerationMode
 
 from penguins.contract import EXAMPLE_PENGUIN
 from penguins.guards import package_version
-from tests.servers import serve
+from penguins.testing import serve
 from tests.test_bad_input import HAND_WRITTEN
 
 pytestmark = pytest.mark.integration

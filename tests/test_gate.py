@@ -15,7 +15,7 @@ from penguins.contract import EXAMPLE_PENGUIN
 from penguins.gate import Decision, decide
 from penguins.serving import listing
 from penguins.store import REJECTED, STATUS_LABEL, Registry, model_name, scan
-from tests.servers import run_train, serve
+from penguins.testing import run_train, serve
 
 TOKEN = "gate-test-token"
 

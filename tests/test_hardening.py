@@ -18,8 +18,7 @@ import pytest
 
 from penguins.contract import EXAMPLE_PENGUIN
 from penguins.store import endpoint_name
-from tests.conftest import read_prediction_log
-from tests.servers import serve
+from penguins.testing import read_prediction_log, serve
 
 pytestmark = pytest.mark.integration
 

@@ -14,7 +14,7 @@ import pytest
 
 from penguins.contract import EXAMPLE_COLUMNS, EXAMPLE_PENGUIN
 from penguins.store import model_name
-from tests.servers import run_train, serve, workers_that_answered
+from penguins.testing import run_train, serve, workers_that_answered
 
 pytestmark = pytest.mark.integration
 

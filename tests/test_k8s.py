@@ -152,10 +152,11 @@ def test_the_trainer_is_a_job_after_install_and_upgrade():
     pod = job["spec"]["template"]["spec"]
     assert pod["restartPolicy"] == "Never"
     [trainer] = pod["containers"]
-    assert trainer["command"] == ["python", "/home/bentoml/bento/src/deploy/bootstrap.py"]
-    # The script is in the image: the bento includes it.
+    assert trainer["command"] == ["python", "-m", "penguins.bootstrap"]
+    assert trainer["workingDir"] == "/home/bentoml/bento/src"  # where the bento keeps its source
+    # The package and train.py are in the image: the bento includes them.
     bentofile = yaml.safe_load((ROOT / "bentofile.yaml").read_text())
-    assert "deploy/bootstrap.py" in bentofile["include"] and "train.py" in bentofile["include"]
+    assert "penguins/**/*.py" in bentofile["include"] and "train.py" in bentofile["include"]
     env = env_of(trainer)
     # Straight to the pods (a headless Service that lists them ready or not): the Service routes to ready pods only,
     # and none is ready before the trainer's models.

@@ -11,7 +11,7 @@ import nbformat
 import pytest
 
 from penguins.contract import FEATURES, ISLANDS, SEXES, SPECIES, TARGET
-from tests.servers import serve
+from penguins.testing import serve
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 NAMES = ("01-explore.ipynb", "02-train.ipynb")

@@ -29,6 +29,7 @@ from penguins import store
 from penguins.contract import CATEGORICAL_FEATURES, EXAMPLE_PENGUIN, FEATURES, NUMERIC_FEATURES, SPECIES, Penguin
 from penguins.explain import CUSTOM_OBJECT, Explainer
 from penguins.store import PROJECT, STATUS_LABEL, check_model_name, load, scan
+from penguins.testing import ROOT, run_train, serve
 from penguins.training import (
     ALGORITHMS,
     Estimator,
@@ -38,7 +39,6 @@ from penguins.training import (
     train,
     train_and_save,
 )
-from tests.servers import ROOT, run_train, serve
 
 
 class OwnEstimator(RandomForestClassifier):

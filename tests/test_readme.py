@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from tests.servers import ROOT, run_train, serve
+from penguins.testing import ROOT, run_train, serve
 
 pytestmark = pytest.mark.integration
 

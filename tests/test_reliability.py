@@ -18,8 +18,7 @@ import pytest
 
 from penguins.contract import EXAMPLE_PENGUIN
 from penguins.store import STORE_FAILURE, endpoint_name, model_name, scan
-from tests.conftest import version_dir
-from tests.servers import ROOT, crash, run_train, serve, workers_that_answered
+from penguins.testing import ROOT, crash, run_train, serve, version_dir, workers_that_answered
 
 pytestmark = pytest.mark.integration
 

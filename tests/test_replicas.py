@@ -23,7 +23,7 @@ import pytest
 
 from penguins.contract import EXAMPLE_PENGUIN
 from penguins.store import STORE_FAILURE, endpoint_name, model_name, scan
-from tests.servers import run_train, serve, workers_that_answered
+from penguins.testing import run_train, serve, workers_that_answered
 from tests.tiers import unavailable
 
 pytestmark = pytest.mark.integration

@@ -30,8 +30,8 @@ import pytest
 from penguins.contract import EXAMPLE_PENGUIN
 from penguins.repository import MANIFEST, Repository
 from penguins.store import endpoint_name, model_name, scan
+from penguins.testing import ROOT, serve
 from tests.s3 import SeaweedFS, Unavailable, ci, weed_binary
-from tests.servers import ROOT, serve
 
 pytestmark = [pytest.mark.s3, pytest.mark.integration]
 

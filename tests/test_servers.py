@@ -10,7 +10,7 @@ import signal
 import httpx
 import pytest
 
-from tests.servers import PROCESS_TAG, serve, tagged
+from penguins.testing import PROCESS_TAG, serve, tagged
 
 pytestmark = pytest.mark.integration
 

@@ -15,7 +15,7 @@ import pytest
 
 from penguins.contract import EXAMPLE_PENGUIN
 from penguins.store import endpoint_name
-from tests.servers import PROCESS_TAG, serve, tagged
+from penguins.testing import PROCESS_TAG, serve, tagged
 
 pytestmark = pytest.mark.integration
 

@@ -12,7 +12,7 @@ import pytest
 from penguins.contract import Penguin, Prediction
 from penguins.repository import PULL_LOCK, UNPACKING
 from penguins.store import RELOAD_SIGNAL, STORE_FAILURE, Registry, check_model_name, model_name, route_of, scan
-from tests.conftest import ROOT, version_dir
+from penguins.testing import ROOT, version_dir
 
 
 def test_scan_finds_every_penguin_model(store, trained):

@@ -1,4 +1,5 @@
-"""The systems a user would pick instead of ours, serving the same saved pipeline, for `benchmarks/run.py --peers`.
+"""The systems a user would pick instead of ours, serving the same saved pipeline, for
+`python -m benchmarks.run --peers`.
 
 Each peer runs in an environment of its own (never the project's dependencies), made once with uv from the pinned
 requirements beside this file into ~/.cache/penguins-bench/<peer> (PENGUINS_BENCH_CACHE moves it) and remade when
@@ -78,7 +79,7 @@ def _mlserver_answers(payload: dict[str, Any]) -> list[tuple[str, list[float]]]:
 
 
 def _mlserver_command(python: Path, model: Path, port: int, workers: int, scratch: Path) -> list[str]:
-    from tests.servers import free_port
+    from penguins.testing import free_port
 
     repository = scratch / f"mlserver-{port}"
     (repository / "penguins").mkdir(parents=True)
@@ -198,8 +199,8 @@ def export(home: Path, model_name: str, dest: Path) -> list[str]:
 
 @contextlib.contextmanager
 def serve_peer(peer: Peer, model: Path, workers: int, logs: Path) -> Iterator[Any]:
-    """Start one peer on a free loopback port in its environment; yields its base URL (a tests.servers.Server)."""
-    from tests.servers import Server, free_port, running
+    """Start one peer on a free loopback port in its environment; yields its base URL (a penguins.testing.Server)."""
+    from penguins.testing import Server, free_port, running
 
     python = environment(peer.name)
     port = free_port()

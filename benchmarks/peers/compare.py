@@ -1,4 +1,4 @@
-"""`benchmarks/run.py --peers`: ours and the peers side by side, one and two workers each, rounds interleaved.
+"""`python -m benchmarks.run --peers`: ours and the peers side by side, one and two workers each, rounds interleaved.
 
 Every server runs at once on loopback, serving the random forest trained here (ours from the store, the peers from
 the same stored files); every peer's answers to the bulk penguins and to the single one are checked against ours
@@ -27,7 +27,7 @@ from benchmarks.peers import Peer, export, feature_rows, peers, serve_peer
 from benchmarks.run import BULK_ROWS, settle, wrk
 from penguins.contract import EXAMPLE_PENGUIN, FEATURES
 from penguins.predict import PROBABILITY_TOLERANCE
-from tests.servers import run_train, serve
+from penguins.testing import run_train, serve
 
 ALGORITHM = "random-forest"
 ROUTE = "/classify_random_forest"

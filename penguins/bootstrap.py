@@ -1,7 +1,7 @@
 """One-shot trainer of the compose stack: train into the shared store when it holds no penguin model, then make
 the API serve what the store holds with one reload call.
 
-    python deploy/bootstrap.py          # in the `trainer` service of docker-compose.yml
+    python -m penguins.bootstrap        # the `trainer` of docker-compose.yml, the swarm stack and the Helm chart
 
 The API starts at the same time on the same (possibly empty) store and reports not-ready until models are loaded;
 this waits for it to answer, then calls `reload` with the admin token when one is set (PENGUINS_ADMIN_TOKEN, or
@@ -16,14 +16,15 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
-os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # train.py and the package sit at the repo root
+# train.py sits beside the package (the project's layout, in the repository and in both images).
+TRAIN = Path(__file__).resolve().parents[1] / "train.py"
 
 
 def wait_live(url: str, timeout: float) -> None:
@@ -58,12 +59,13 @@ def wait_repository(timeout: float) -> None:
 
 
 def main() -> int:
-    import train
-
+    os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
     wait_repository(float(os.environ.get("PENGUINS_API_WAIT", "300")))
     # PENGUINS_MODELS: a JSON list of algorithms to train (as for the pipeline); all of them when unset.
     models = json.loads(os.environ.get("PENGUINS_MODELS") or "[]")
-    status = train.main(["--if-empty", *(["--models", *models] if models else [])])
+    status = subprocess.run(
+        [sys.executable, str(TRAIN), "--if-empty", *(["--models", *models] if models else [])]
+    ).returncode
     if status:
         return status
 

@@ -1,4 +1,5 @@
-"""Start a real `bentoml serve` of this project on a free loopback port, and stop it."""
+"""For the tests and benchmarks: start a real `bentoml serve` of this project on a free loopback port and stop it,
+run the real train.py, and read what the store and the prediction log hold."""
 
 from __future__ import annotations
 
@@ -177,3 +178,19 @@ def workers_that_answered(server_output: str, path: str) -> set[str]:
         for line in server_output.splitlines()
         if f"path={path}," in line and "status=200" in line and "[entry_service:penguin_classifier:" in line
     }
+
+
+def version_dir(store: Path, algorithm: str) -> Path:
+    """The folder of a model's `latest` version in a store."""
+    from penguins.store import model_name
+
+    name_dir = store / model_name(algorithm)
+    return name_dir / (name_dir / "latest").read_text().strip()
+
+
+def read_prediction_log(directory: Path):
+    """The README's one-liner."""
+    import pandas as pd
+
+    files = sorted(directory.glob("predictions-*.jsonl*"))
+    return pd.concat(pd.read_json(f, lines=True) for f in files) if files else pd.DataFrame()
