@@ -54,6 +54,10 @@ ModelName = Annotated[
 ]
 
 
+# BentoML publishes `X | None` as X alone (it flattens the anyOf): this keeps null allowed in the document.
+NULLABLE = {"nullable": True}
+
+
 def server_config(settings: Settings) -> dict[str, Any]:
     """The BentoML service configuration our settings make (the benchmark's no-op ceiling uses it too)."""
     config: dict[str, Any] = {
@@ -162,8 +166,12 @@ class ModelListing(BaseModel):
     skipped: list[SkippedInfo] = Field(
         default_factory=list, description="Penguin-named models in the store that are not served, and why"
     )
-    replica: ReplicaInfo | None = Field(default=None, description="Which replica and worker answered, and its sync")
-    repository: RepositoryInfo | None = Field(default=None, description="The model repository, when one is set")
+    replica: ReplicaInfo | None = Field(
+        default=None, description="Which replica and worker answered, and its sync", json_schema_extra=NULLABLE
+    )
+    repository: RepositoryInfo | None = Field(
+        default=None, description="The model repository, when one is set", json_schema_extra=NULLABLE
+    )
 
 
 class ReloadReport(BaseModel):
@@ -180,9 +188,13 @@ class ReloadReport(BaseModel):
         default="now",
         description="When the routes above answer: from the next request on, in every worker of this server",
     )
-    replica: str | None = None
-    signal: SignalInfo | None = Field(default=None, description="How far the reload's signal got")
-    repository: RepositoryInfo | None = None
+    replica: str | None = Field(default=None, description="The replica that answered", json_schema_extra=NULLABLE)
+    signal: SignalInfo | None = Field(
+        default=None, description="How far the reload's signal got", json_schema_extra=NULLABLE
+    )
+    repository: RepositoryInfo | None = Field(
+        default=None, description="The model repository, when one is set", json_schema_extra=NULLABLE
+    )
 
 
 METRIC_KEYS = (

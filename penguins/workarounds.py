@@ -290,7 +290,8 @@ def publish_alternatives() -> None:
 
     BentoML 1.4.39 (`_bentoml_sdk.method._flatten_field`) replaces every `anyOf` by its first option, meant for
     `X | None`: `penguins`, a list of penguins or one list per field, was published as the list alone. An `anyOf` of
-    one option besides null is still flattened as before. No upstream issue.
+    one option besides null is still flattened as before, unless the field says `nullable` (serving.NULLABLE): a
+    generated client then accepts the null the service sends. No upstream issue.
     """
     if not _fits("publish_alternatives"):
         return
@@ -302,7 +303,8 @@ def publish_alternatives() -> None:
 
     def _flatten_field(schema: dict, defs: dict, max_depth: int | None = None, _depth: int = 0) -> dict:
         options = schema.get("anyOf")
-        if isinstance(options, list) and sum(option != {"type": "null"} for option in options) > 1:
+        several = isinstance(options, list) and sum(option != {"type": "null"} for option in options) > 1
+        if isinstance(options, list) and (several or schema.get("nullable") is True):
             schema["anyOf"] = [_flatten_field(option, defs, max_depth, _depth) for option in options]
             return schema
         return flatten(schema, defs, max_depth, _depth)

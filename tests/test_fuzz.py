@@ -160,11 +160,6 @@ print(json.dumps({
 """
 
 
-@pytest.mark.xfail(
-    reason="known, open (issue 16): BentoML publishes the optional `repository`/`replica` of /models as not nullable, "
-    "so the generated client refuses their null",
-    strict=False,
-)
 def test_a_generated_client_installs_and_calls_classify_explain_and_models(server, tmp_path):
     spec = tmp_path / "docs.json"
     spec.write_text(httpx.get(f"{server}/docs.json", timeout=30).text)
