@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -129,28 +130,86 @@ def scan(store_dir: Path) -> tuple[list[StoredModel], list[Failure]]:
     Per model name, the version served is BentoML's `latest` unless it is labelled `status=rejected`; then it is the
     newest complete version not labelled so (none: the name is not served).
     """
-    found, failures, _, _ = scan_with_rejected(store_dir, list_rejected=False)
+    found: list[StoredModel] = []
+    failures: list[Failure] = []
+    for entry in _readable_entries(store_dir, failures, []):
+        served = served_version(entry.latest, partial(_complete_versions, entry.path))  # history only if needed
+        if served is not None:
+            found.append(entry.stored(served))
     return found, failures
 
 
 def scan_with_rejected(
-    store_dir: Path, list_rejected: bool = True
+    store_dir: Path,
 ) -> tuple[list[StoredModel], list[Failure], list[RejectedVersion], list[Skipped]]:
-    """`scan`, plus every version labelled rejected (newest first per name) when `list_rejected`, and the
-    penguin-named models that are not served (saved some other way, or under a name that cannot be a route)."""
-    from bentoml import Model
-
+    """`scan`, plus every version labelled rejected (newest first per name), and the penguin-named models that are
+    not served (saved some other way, or under a name that cannot be a route)."""
     found: list[StoredModel] = []
     failures: list[Failure] = []
     rejected: list[RejectedVersion] = []
     skipped: list[Skipped] = []
+    for entry in _readable_entries(store_dir, failures, skipped):
+        history = _complete_versions(entry.path)  # read once: for the served version and the rejected ones
+        served = served_version(entry.latest, lambda history=history: history)
+        if served is not None:
+            found.append(entry.stored(served))
+        rejected += [
+            RejectedVersion(
+                entry.name,
+                str(model.tag),
+                entry.algorithm,
+                dict(model.info.metadata),
+                model.info.creation_time.isoformat(timespec="seconds"),
+            )
+            for model in rejected_versions(history)
+        ]
+    return found, failures, rejected, skipped
+
+
+def served_version(latest: tuple[str, Any], history: Callable[[], list[tuple[str, Any]]]) -> tuple[str, Any] | None:
+    """The gate's rule for what a model name serves: BentoML's `latest` unless the gate rejected it; then the newest
+    complete version of ours it did not reject, no newer than `latest` (a newer folder is a save still in
+    progress); None when there is none. `history`: every complete version, newest first (read only if needed)."""
+    version, model = latest
+    if not _is_rejected(model):
+        return latest
+    newest = model.info.creation_time
+    return next(
+        ((v, m) for v, m in history() if not _is_rejected(m) and _is_ours(m) and m.info.creation_time <= newest), None
+    )
+
+
+def rejected_versions(history: list[tuple[str, Any]]) -> list[Any]:
+    """The versions of ours the gate rejected, in `history`'s order (newest first)."""
+    return [model for _, model in history if _is_rejected(model) and _is_ours(model)]
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """A model name in the store whose `latest` version is readable, ours and routable."""
+
+    name: str
+    path: Path
+    algorithm: str
+    latest: tuple[str, Any]  # (version folder, bentoml.Model)
+
+    def stored(self, served: tuple[str, Any]) -> StoredModel:
+        version, model = served
+        return StoredModel(self.name, str(model.tag), self.algorithm, self.path / version)
+
+
+def _readable_entries(store_dir: Path, failures: list[Failure], skipped: list[Skipped]) -> Iterator[_Entry]:
+    """Each model name of ours in the store, its `latest` read once; the others reported into `failures` (our names
+    that cannot be read, or a store that cannot be) and `skipped` (penguin-named models that are not ours to serve)."""
+    from bentoml import Model
+
     try:
         entries = sorted(store_dir.iterdir())
     except FileNotFoundError:
-        return found, failures, rejected, skipped  # no store yet, or gone for now (the registry keeps what it loaded)
+        return  # no store yet, or gone for now (the registry keeps what it loaded)
     except OSError as error:  # permission denied, a stale mount: a failure, never "the store is empty"
         failures.append(Failure(STORE_FAILURE, f"cannot read the model store {store_dir} ({_reason(error)})"))
-        return found, failures, rejected, skipped
+        return
     for entry in entries:
         name = entry.name
         if name.startswith(".") or not re.fullmatch(r"[a-z0-9][a-z0-9._-]*", name):
@@ -167,8 +226,7 @@ def scan_with_rejected(
             if name.startswith(MODEL_PREFIX):  # only our own names are worth a report
                 failures.append(Failure(name, _reason(error), f"{name}:{version}" if version else None))
             continue
-        labels = model.info.labels
-        if labels.get("project") != PROJECT:
+        if not _is_ours(model):
             if name.startswith(MODEL_PREFIX):  # penguin-named: never ignored silently
                 skipped.append(_skipped_unlabelled(name, str(model.tag)))
             continue
@@ -177,36 +235,8 @@ def scan_with_rejected(
         except ValueError as error:
             skipped.append(Skipped(name, str(model.tag), str(error), "save it again under a valid name"))
             continue
-        algorithm = labels.get("algorithm") or name.removeprefix(MODEL_PREFIX)
-        others: list[tuple[str, Any]] | None = None
-        if _is_rejected(model):
-            others = _complete_versions(entry)
-            # Not newer than `latest`: a newer folder is a save still in progress.
-            served = [
-                (v, m)
-                for v, m in others
-                if not _is_rejected(m)
-                and m.info.labels.get("project") == PROJECT
-                and m.info.creation_time <= model.info.creation_time
-            ]
-            if served:
-                version, model = served[0]
-                found.append(StoredModel(name, str(model.tag), algorithm, entry / version))
-        else:
-            found.append(StoredModel(name, str(model.tag), algorithm, entry / version))
-        if list_rejected:
-            for _, other in others if others is not None else _complete_versions(entry):
-                if _is_rejected(other) and other.info.labels.get("project") == PROJECT:
-                    rejected.append(
-                        RejectedVersion(
-                            name,
-                            str(other.tag),
-                            algorithm,
-                            dict(other.info.metadata),
-                            other.info.creation_time.isoformat(timespec="seconds"),
-                        )
-                    )
-    return found, failures, rejected, skipped
+        algorithm = model.info.labels.get("algorithm") or name.removeprefix(MODEL_PREFIX)
+        yield _Entry(name, entry, algorithm, (version, model))
 
 
 def _skipped_unlabelled(name: str, tag: str) -> Skipped:
@@ -221,6 +251,10 @@ def _skipped_unlabelled(name: str, tag: str) -> Skipped:
 
 def _is_rejected(model: Any) -> bool:
     return model.info.labels.get(STATUS_LABEL) == REJECTED
+
+
+def _is_ours(model: Any) -> bool:
+    return model.info.labels.get("project") == PROJECT
 
 
 def _complete_versions(model_dir: Path) -> list[tuple[str, Any]]:

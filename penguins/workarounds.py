@@ -303,10 +303,17 @@ def publish_alternatives() -> None:
 
     def _flatten_field(schema: dict, defs: dict, max_depth: int | None = None, _depth: int = 0) -> dict:
         options = schema.get("anyOf")
-        several = isinstance(options, list) and sum(option != {"type": "null"} for option in options) > 1
-        if isinstance(options, list) and (several or schema.get("nullable") is True):
+        if not isinstance(options, list):
+            return flatten(schema, defs, max_depth, _depth)
+        others = [option for option in options if option != {"type": "null"}]
+        if len(others) > 1:
             schema["anyOf"] = [_flatten_field(option, defs, max_depth, _depth) for option in options]
             return schema
+        if len(others) == 1 and schema.get("nullable") is True:
+            # OpenAPI 3.0's null: `nullable` beside the option, which a $ref cannot have (its siblings are ignored).
+            rest = {key: value for key, value in schema.items() if key != "anyOf"}
+            option = _flatten_field(dict(others[0]), defs, max_depth, _depth)
+            return {**rest, "allOf": [option]} if "$ref" in option else {**option, **rest}
         return flatten(schema, defs, max_depth, _depth)
 
     _flatten_field.keeps_alternatives = True  # type: ignore[attr-defined]
