@@ -194,3 +194,17 @@ def read_prediction_log(directory: Path):
 
     files = sorted(directory.glob("predictions-*.jsonl*"))
     return pd.concat(pd.read_json(f, lines=True) for f in files) if files else pd.DataFrame()
+
+
+def tags_answering(url: str, route: str, n: int = 30) -> set[str]:
+    """The model tags that answer `n` requests for the example penguin on fresh connections (so that every worker
+    gets some)."""
+    from penguins.contract import EXAMPLE_PENGUIN
+
+    seen = set()
+    for _ in range(n):
+        with httpx.Client(base_url=url, timeout=30) as fresh:
+            response = fresh.post(route, json={"penguins": [EXAMPLE_PENGUIN]})
+            assert response.status_code == 200, response.text
+            seen.add(response.json()[0]["model"])
+    return seen

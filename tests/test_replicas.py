@@ -21,9 +21,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from penguins.contract import EXAMPLE_PENGUIN
 from penguins.store import STORE_FAILURE, endpoint_name, model_name, scan
-from penguins.testing import run_train, serve, workers_that_answered
+from penguins.testing import run_train, serve, tags_answering, workers_that_answered
 from tests.tiers import unavailable
 
 pytestmark = pytest.mark.integration
@@ -31,7 +30,6 @@ pytestmark = pytest.mark.integration
 ALGORITHM = "logistic-regression"
 NAME = model_name(ALGORITHM)
 ROUTE = f"/{endpoint_name(ALGORITHM)}"
-BODY = {"penguins": [EXAMPLE_PENGUIN]}
 # Several servers start at once (each pulling, loading, with workers): a generous bound for a loaded machine.
 START = 240
 
@@ -75,14 +73,7 @@ def wait_for_logs(logs: dict[str, tuple[Path, int]], text: str, count: int, sinc
 
 
 def answers(url: str, n: int = 30) -> set[str]:
-    """The model tags that answer `n` requests on fresh connections (so that every worker gets some)."""
-    seen = set()
-    for _ in range(n):
-        with httpx.Client(base_url=url, timeout=30) as fresh:
-            response = fresh.post(ROUTE, json=BODY)
-            assert response.status_code == 200, response.text
-            seen.add(response.json()[0]["model"])
-    return seen
+    return tags_answering(url, ROUTE, n)
 
 
 def test_one_reload_reaches_every_server_of_a_shared_store(tmp_path, figures):

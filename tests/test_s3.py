@@ -30,7 +30,7 @@ import pytest
 from penguins.contract import EXAMPLE_PENGUIN
 from penguins.repository import MANIFEST, Repository
 from penguins.store import endpoint_name, model_name, scan
-from penguins.testing import ROOT, serve
+from penguins.testing import ROOT, serve, tags_answering
 from tests.s3 import SeaweedFS, Unavailable, ci, weed_binary
 
 pytestmark = [pytest.mark.s3, pytest.mark.integration]
@@ -96,13 +96,7 @@ def newest(home: Path) -> str:
 
 
 def answers(url: str, n: int = 20) -> set[str]:
-    seen = set()
-    for _ in range(n):
-        with httpx.Client(base_url=url, timeout=30) as fresh:
-            response = fresh.post(ROUTE, json=BODY)
-            assert response.status_code == 200, response.text
-            seen.add(response.json()[0]["model"])
-    return seen
+    return tags_answering(url, ROUTE, n)
 
 
 def models(url: str) -> dict:
