@@ -5,6 +5,8 @@
 #
 # Runs as the BentoML image's user (`bentoml`, uid/gid 1034), like the jupyter image: the models the DAG saves into
 # the shared store (owner-only folders) are readable by the API, and the DAG can add versions next to the API's.
+# A task's calls to Airflow's execution API get 30 s, not 5: on a loaded machine the API server answers late, and a
+# timed-out call fails the task.
 FROM python:3.11-slim
 
 ARG BENTO_USER_UID=1034
@@ -21,6 +23,7 @@ ENV LANG=C.UTF-8 \
     AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION=False \
     AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE=/home/bentoml/airflow/passwords.json \
     AIRFLOW__API__WORKERS=1 \
+    AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT=30 \
     UV_COMPILE_BYTECODE=1 \
     UV_LINK_MODE=copy \
     UV_NO_PROGRESS=1 \
