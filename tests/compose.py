@@ -42,6 +42,69 @@ def _engine() -> tuple[list[str] | None, str]:
 
 COMPOSE, WHY_NOT = _engine()
 
+PROJECT_PREFIX = "penguins-test-"
+# One file per compose project a test process started, holding that process's id: a project whose process is gone
+# (a run killed before its teardown; dockerd restarts such containers when it starts) is removed by the next run.
+OWNERS = Path(tempfile.gettempdir()) / "penguins-test-stacks"
+_swept = False
+
+
+def sweep_abandoned() -> list[str]:
+    """Remove the containers, volumes and networks of test projects whose process is gone; returns their names."""
+    global _swept
+    if _swept:
+        return []
+    _swept = True
+    label = "com.docker.compose.project"
+    listed = subprocess.run(
+        ["docker", "ps", "-a", "--filter", f"label={label}", "--format", f'{{{{.Label "{label}"}}}}'],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    images = subprocess.run(
+        ["docker", "images", "--format", "{{.Tag}}"], capture_output=True, text=True, timeout=60
+    ).stdout.split()
+    projects = {p for p in listed.stdout.split() if p.startswith(PROJECT_PREFIX)}
+    projects |= {PROJECT_PREFIX + t.removeprefix("test-") for t in images if t.startswith("test-")}
+    abandoned = sorted(p for p in projects if not _owner_alive(p))
+    for project in abandoned:
+        for kind in ("container", "volume", "network"):
+            ids = subprocess.run(
+                ["docker", kind, "ls", *(["-a"] if kind == "container" else []), "-q"]
+                + ["--filter", f"label={label}={project}"],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            ).stdout.split()
+            if ids:
+                remove = ["docker", kind, "rm", *(["-f", "-v"] if kind == "container" else []), *ids]
+                subprocess.run(remove, capture_output=True, timeout=120)
+        tag = f"test-{project.removeprefix(PROJECT_PREFIX)}"  # the images it built (Stack.images): untagged only
+        images = subprocess.run(
+            ["docker", "images", "--format", "{{.Repository}}:{{.Tag}}"], capture_output=True, text=True, timeout=60
+        ).stdout.split()
+        built = [image for image in images if image.startswith("penguins-") and image.endswith(f":{tag}")]
+        if built:
+            subprocess.run(["docker", "image", "rm", "--force", "--no-prune", *built], capture_output=True, timeout=120)
+        (OWNERS / project).unlink(missing_ok=True)
+    return abandoned
+
+
+def _owner_alive(project: str) -> bool:
+    try:
+        pid = int((OWNERS / project).read_text())
+    except (OSError, ValueError):
+        return False  # no owner on record: a run from before owners were recorded, or a broken one
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 VARIANTS = ("v1", "v2")
 TOOLS = Path(os.environ.get("PENGUINS_TOOLS_DIR", "/var/cache/penguins-tools"))
 V2_PLUGIN = TOOLS / "docker-config" / "cli-plugins" / "docker-compose"
@@ -91,7 +154,10 @@ class Stack:
         suffix = uuid.uuid4().hex[:8]
         self.suffix = suffix
         self.profiles = profiles
-        self.project = f"penguins-test-{suffix}"
+        self.project = f"{PROJECT_PREFIX}{suffix}"
+        sweep_abandoned()
+        OWNERS.mkdir(exist_ok=True)
+        (OWNERS / self.project).write_text(str(os.getpid()))
         self.api_port, self.jupyter_port = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.api_port}"
         self.admin_token = f"admin-{uuid.uuid4().hex}"
@@ -190,3 +256,4 @@ class Stack:
             self.run("docker", "image", "rm", "--force", "--no-prune", image, check=False)
         if self.docker_config is not None:
             shutil.rmtree(self.docker_config, ignore_errors=True)
+        (OWNERS / self.project).unlink(missing_ok=True)

@@ -12,7 +12,9 @@ free loopback ports, and is removed at the end (containers, volumes, images). A 
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
 import uuid
 from collections.abc import Iterator
 
@@ -181,3 +183,30 @@ def test_models_and_logs_persist_across_down_and_up(stack):
         [answer] = client.classify_knn(penguins=[EXAMPLE_PENGUIN])
     after = logged(stack)
     assert after[: len(logged_before)] == logged_before and after[-1]["model"] == answer["model"]
+
+
+def test_a_stack_whose_run_was_killed_is_removed_by_the_next_run(tmp_path):
+    """A run killed before its teardown leaves its containers (which dockerd restarts when it starts): the next run's
+    first stack removes every test project whose process is gone, and nothing that is still owned."""
+    from tests import compose
+
+    def create(project: str) -> str:
+        label = f"com.docker.compose.project={project}"
+        command = ["docker", "create", "--label", label, "python:3.11-slim", "true"]
+        return subprocess.run(command, capture_output=True, text=True, check=True).stdout.strip()
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    compose.OWNERS.mkdir(exist_ok=True)
+    abandoned, owned = f"{compose.PROJECT_PREFIX}killed{os.getpid()}", f"{compose.PROJECT_PREFIX}alive{os.getpid()}"
+    (compose.OWNERS / abandoned).write_text(str(dead.pid))
+    (compose.OWNERS / owned).write_text(str(os.getpid()))
+    gone, kept = create(abandoned), create(owned)
+    try:
+        compose._swept = False
+        assert abandoned in compose.sweep_abandoned()
+        listed = subprocess.run(["docker", "ps", "-aq", "--no-trunc"], capture_output=True, text=True).stdout.split()
+        assert gone not in listed and kept in listed
+    finally:
+        subprocess.run(["docker", "rm", "-f", gone, kept], capture_output=True)
+        (compose.OWNERS / owned).unlink(missing_ok=True)
