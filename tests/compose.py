@@ -19,6 +19,7 @@ import uuid
 from pathlib import Path
 
 import httpx
+import psutil
 
 from penguins.testing import free_port
 from tests.tiers import unavailable
@@ -96,13 +97,7 @@ def _owner_alive(project: str) -> bool:
         pid = int((OWNERS / project).read_text())
     except (OSError, ValueError):
         return False  # no owner on record: a run from before owners were recorded, or a broken one
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return psutil.pid_exists(pid)
 
 
 VARIANTS = ("v1", "v2")
