@@ -21,13 +21,14 @@ class Settings(BaseSettings):
     # Most penguins that different requests to a per-model endpoint combine into one batch (a request is never split).
     max_batch_size: int = Field(default=1000, ge=2)
     # Not the batching wait (that is max_batch_wait_ms) but its load-shedding bound: BentoML 1.4 cancels a queued
-    # request whose expected latency passes it. At 20 ms it dropped requests at concurrency 8 on this machine.
+    # request whose expected latency passes it: a small bound drops requests under ordinary load (docs/performance.md).
     max_latency_ms: int = Field(default=10_000, ge=1)
     # The longest a queued request waits for company before its batch goes. BentoML 1.4 learns this wait from past
-    # batches and, after heavy load, can settle on ~15 ms for a lone client; we cap what it learns.
+    # batches and, after heavy load, can settle on a long one for a lone client; we cap what it learns.
     max_batch_wait_ms: float = Field(default=1.0, ge=0)
     # BentoML's OpenTelemetry span for every request. Spans leave the worker only through a tracing exporter set in
-    # BentoML's own configuration (`tracing:`); without one they went nowhere and cost ~40% of a small request's CPU.
+    # BentoML's own configuration (`tracing:`); without one they go nowhere and cost much of a small request's CPU
+    # (docs/performance.md has the figure).
     trace_requests: bool = Field(default=False, description="Trace every request (needs BentoML's tracing exporter)")
     access_log: bool = Field(default=True, description="BentoML's access log: one line per request on stdout")
     compiled: bool = Field(default=True, description="Serve the ONNX form of a model when it was saved with one")
