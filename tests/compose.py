@@ -51,43 +51,37 @@ _swept = False
 
 
 def sweep_abandoned() -> list[str]:
-    """Remove the containers, volumes and networks of test projects whose process is gone; returns their names."""
+    """Remove the containers, volumes, networks and images of test projects whose process is gone; returns their
+    names."""
     global _swept
     if _swept:
         return []
     _swept = True
     label = "com.docker.compose.project"
-    listed = subprocess.run(
-        ["docker", "ps", "-a", "--filter", f"label={label}", "--format", f'{{{{.Label "{label}"}}}}'],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    images = subprocess.run(
-        ["docker", "images", "--format", "{{.Tag}}"], capture_output=True, text=True, timeout=60
-    ).stdout.split()
-    projects = {p for p in listed.stdout.split() if p.startswith(PROJECT_PREFIX)}
-    projects |= {PROJECT_PREFIX + t.removeprefix("test-") for t in images if t.startswith("test-")}
+
+    def docker(*args: str) -> list[str]:
+        return subprocess.run(["docker", *args], capture_output=True, text=True, timeout=60).stdout.split()
+
+    # The images each project built (Stack.images: penguins-<name>:test-<suffix>), listed once.
+    built: dict[str, list[str]] = {}
+    for image in docker("images", "--format", "{{.Repository}}:{{.Tag}}"):
+        repository, _, tag = image.partition(":")
+        if repository.startswith("penguins-") and tag.startswith("test-"):
+            built.setdefault(PROJECT_PREFIX + tag.removeprefix("test-"), []).append(image)
+    labelled = docker("ps", "-a", "--filter", f"label={label}", "--format", f'{{{{.Label "{label}"}}}}')
+    projects = {p for p in labelled if p.startswith(PROJECT_PREFIX)} | built.keys()
     abandoned = sorted(p for p in projects if not _owner_alive(p))
     for project in abandoned:
         for kind in ("container", "volume", "network"):
-            ids = subprocess.run(
-                ["docker", kind, "ls", *(["-a"] if kind == "container" else []), "-q"]
-                + ["--filter", f"label={label}={project}"],
-                capture_output=True,
-                text=True,
-                timeout=60,
-            ).stdout.split()
+            ids = docker(
+                kind, "ls", *(["-a"] if kind == "container" else []), "-q", "--filter", f"label={label}={project}"
+            )
             if ids:
                 remove = ["docker", kind, "rm", *(["-f", "-v"] if kind == "container" else []), *ids]
                 subprocess.run(remove, capture_output=True, timeout=120)
-        tag = f"test-{project.removeprefix(PROJECT_PREFIX)}"  # the images it built (Stack.images): untagged only
-        images = subprocess.run(
-            ["docker", "images", "--format", "{{.Repository}}:{{.Tag}}"], capture_output=True, text=True, timeout=60
-        ).stdout.split()
-        built = [image for image in images if image.startswith("penguins-") and image.endswith(f":{tag}")]
-        if built:
-            subprocess.run(["docker", "image", "rm", "--force", "--no-prune", *built], capture_output=True, timeout=120)
+        if built.get(project):  # untagged only: the layers stay as Docker's build cache
+            untag = ["docker", "image", "rm", "--force", "--no-prune", *built[project]]
+            subprocess.run(untag, capture_output=True, timeout=120)
         (OWNERS / project).unlink(missing_ok=True)
     return abandoned
 
