@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from functools import partial
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -133,7 +133,7 @@ def scan(store_dir: Path) -> tuple[list[StoredModel], list[Failure]]:
     found: list[StoredModel] = []
     failures: list[Failure] = []
     for entry in _readable_entries(store_dir, failures, []):
-        served = served_version(entry.latest, partial(_complete_versions, entry.path))  # history only if needed
+        served = entry.served()
         if served is not None:
             found.append(entry.stored(served))
     return found, failures
@@ -149,8 +149,7 @@ def scan_with_rejected(
     rejected: list[RejectedVersion] = []
     skipped: list[Skipped] = []
     for entry in _readable_entries(store_dir, failures, skipped):
-        history = _complete_versions(entry.path)  # read once: for the served version and the rejected ones
-        served = served_version(entry.latest, lambda history=history: history)
+        served = entry.served()
         if served is not None:
             found.append(entry.stored(served))
         rejected += [
@@ -161,7 +160,7 @@ def scan_with_rejected(
                 dict(model.info.metadata),
                 model.info.creation_time.isoformat(timespec="seconds"),
             )
-            for model in rejected_versions(history)
+            for model in rejected_versions(entry.history)
         ]
     return found, failures, rejected, skipped
 
@@ -192,6 +191,14 @@ class _Entry:
     path: Path
     algorithm: str
     latest: tuple[str, Any]  # (version folder, bentoml.Model)
+
+    @cached_property
+    def history(self) -> list[tuple[str, Any]]:
+        """Every complete version, newest first: read once, and only when a rule needs it."""
+        return _complete_versions(self.path)
+
+    def served(self) -> tuple[str, Any] | None:
+        return served_version(self.latest, lambda: self.history)
 
     def stored(self, served: tuple[str, Any]) -> StoredModel:
         version, model = served
@@ -287,7 +294,7 @@ def local_versions(store_dir: Path) -> Iterator[tuple[str, Path]]:
         if not entry.name.startswith(MODEL_PREFIX) or not entry.is_dir():
             continue
         for version, model in _complete_versions(entry):
-            if model.info.labels.get("project") == PROJECT:
+            if _is_ours(model):
                 yield str(model.tag), entry / version
 
 
