@@ -115,7 +115,6 @@ SHAPES: dict[str, tuple[str, list[tuple[str, str, tuple[str, ...]]]]] = {
 }
 
 
-@functools.cache
 def misfit(fix: str) -> str | None:
     """Why `fix` must stay off here (an untested version, or a target of another shape), or None when it fits."""
     import importlib
@@ -141,13 +140,10 @@ def misfit(fix: str) -> str | None:
     return None
 
 
-_WARNED: set[str] = set()
-
-
+@functools.cache  # once per process: the answer, and its warning
 def _fits(fix: str) -> bool:
     problem = misfit(fix)
-    if problem is not None and fix not in _WARNED:
-        _WARNED.add(fix)
+    if problem is not None:
         logger.warning("BentoML workaround %s stays off: %s", fix, problem)
     return problem is None
 
