@@ -60,7 +60,8 @@ def wait_repository(timeout: float) -> None:
 
 def main() -> int:
     os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
-    wait_repository(float(os.environ.get("PENGUINS_API_WAIT", "300")))
+    wait_s = float(os.environ.get("PENGUINS_API_WAIT", "300"))
+    wait_repository(wait_s)
     # PENGUINS_MODELS: a JSON list of algorithms to train (as for the pipeline); all of them when unset.
     models = json.loads(os.environ.get("PENGUINS_MODELS") or "[]")
     status = subprocess.run(
@@ -77,7 +78,7 @@ def main() -> int:
     secret = get_settings().admin_token
     token = secret.get_secret_value() if secret else None
     print(f"waiting for the API at {url}", flush=True)
-    wait_live(url, float(os.environ.get("PENGUINS_API_WAIT", "300")))
+    wait_live(url, wait_s)
     # server_ready_timeout=0: the API is not ready (no model loaded) until this very reload.
     with bentoml.SyncHTTPClient(url, token=token, server_ready_timeout=0) as client:
         result = client.reload()
