@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -205,11 +205,29 @@ class _Entry:
         return StoredModel(self.name, str(model.tag), self.algorithm, self.path / version)
 
 
+def _read_model(path: Path) -> Any:
+    """`bentoml.Model.from_path`, remembered while the version's model.yaml is the same file unchanged: BentoML parses
+    it with pure-Python YAML (tens of ms each), and every scan reads every name's `latest`, and sometimes all its
+    versions. The scan reads only `info`; load() reads the model afresh."""
+    from bentoml import Model
+
+    try:
+        stat = (path / "model.yaml").stat()
+    except OSError:
+        return Model.from_path(path)  # BentoML's own error for a version without one
+    return _parsed_model(path, (stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns))
+
+
+@lru_cache(maxsize=1024)
+def _parsed_model(path: Path, signature: tuple[int, ...]) -> Any:
+    from bentoml import Model
+
+    return Model.from_path(path)
+
+
 def _readable_entries(store_dir: Path, failures: list[Failure], skipped: list[Skipped]) -> Iterator[_Entry]:
     """Each model name of ours in the store, its `latest` read once; the others reported into `failures` (our names
     that cannot be read, or a store that cannot be) and `skipped` (penguin-named models that are not ours to serve)."""
-    from bentoml import Model
-
     try:
         entries = sorted(store_dir.iterdir())
     except FileNotFoundError:
@@ -226,7 +244,7 @@ def _readable_entries(store_dir: Path, failures: list[Failure], skipped: list[Sk
             if not entry.is_dir():
                 continue
             version = _latest_version(entry)
-            model = Model.from_path(entry / version)
+            model = _read_model(entry / version)
             if model.tag.name != name:
                 raise ValueError(f"its folder holds a copy of {model.tag} (a version must be its own model's)")
         except Exception as error:
@@ -267,14 +285,12 @@ def _is_ours(model: Any) -> bool:
 def _complete_versions(model_dir: Path) -> list[tuple[str, Any]]:
     """Every readable version under a model name, newest first. Unreadable ones are skipped: besides `latest`
     (which BentoML writes only after a save completed), any version folder may be a save still in progress."""
-    from bentoml import Model
-
     versions = []
     for path in model_dir.iterdir():
         if path.name.startswith(".") or not path.is_dir() or path.is_symlink():
             continue
         try:
-            model = Model.from_path(path)
+            model = _read_model(path)
         except Exception:
             continue
         if model.tag.name != model_dir.name:

@@ -8,6 +8,8 @@ import json
 import re
 import shutil
 import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -230,7 +232,62 @@ def _reload_runs(url: str) -> float:
     return sum(float(v) for v in re.findall(r"^penguins_store_reloads_total(?:{[^}]*})? (\S+)$", text, re.M))
 
 
+# A storm comes from a process of its own, niced: 100 client threads in this one would take the GIL from the thread
+# that measures classify, and on two cores an un-niced storm client takes a core from the server; attackers' own CPU
+# is not the server's.
+STORM = """
+import json, os, sys, threading, httpx
+os.nice(19)
+url, token, path, body, n = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4].encode(), int(sys.argv[5])
+statuses, start = [], threading.Barrier(n + 1)
+def call():
+    with httpx.Client(base_url=url, timeout=120, headers={"authorization": f"Bearer {token}"}) as http:
+        start.wait()
+        statuses.append(http.post(path, content=body, headers={"content-type": "application/json"}).status_code)
+threads = [threading.Thread(target=call) for _ in range(n)]
+for thread in threads:
+    thread.start()
+print("ready", flush=True)
+sys.stdin.readline()
+start.wait()
+for thread in threads:
+    thread.join()
+print(json.dumps(statuses), flush=True)
+"""
+
+
+def _during_a_storm(url: str, path: str, body: bytes, errors: list[str]) -> tuple[list[int], list[float]]:
+    """100 concurrent POSTs to `path` (fresh connections, at once); classify's latencies meanwhile."""
+    storm = subprocess.Popen(
+        [sys.executable, "-c", STORM, url, TOKEN, path, body.decode(), "100"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert storm.stdout.readline().strip() == "ready"
+        during: list[float] = []
+        stop = threading.Event()
+        client = threading.Thread(target=_classify_latencies, args=(url, stop, during, errors))
+        client.start()
+        storm.stdin.write("go\n")
+        storm.stdin.flush()
+        statuses = json.loads(storm.stdout.readline())
+        storm.wait(timeout=60)
+        time.sleep(0.5)
+        stop.set()
+        client.join()
+    finally:
+        if storm.poll() is None:
+            storm.kill()
+            storm.wait()
+    return statuses, during
+
+
 def test_a_storm_of_reloads_coalesces_and_classify_keeps_answering(server, figures):
+    """100 concurrent reloads share a few store re-reads, all answer 200, and classify keeps answering. Reported:
+    classify's p99 during the storm against normal, and against a storm of 100 one-penguin classify requests (what
+    any 100 requests at once cost this server)."""
     normal: list[float] = []
     errors: list[str] = []
     stop = threading.Event()
@@ -241,36 +298,21 @@ def test_a_storm_of_reloads_coalesces_and_classify_keeps_answering(server, figur
     client.join()
 
     runs_before = _reload_runs(server)
-    during: list[float] = []
-    stop = threading.Event()
-    client = threading.Thread(target=_classify_latencies, args=(server, stop, during, errors))
-    start = threading.Barrier(100)
-    reports: list[int] = []
-
-    def reload() -> None:
-        with httpx.Client(base_url=server, timeout=120, headers={"authorization": f"Bearer {TOKEN}"}) as http:
-            start.wait()
-            reports.append(http.post("/reload").status_code)
-
-    storm = [threading.Thread(target=reload) for _ in range(100)]
-    client.start()
-    for thread in storm:
-        thread.start()
-    for thread in storm:
-        thread.join()
-    time.sleep(0.5)
-    stop.set()
-    client.join()
+    reports, during = _during_a_storm(server, "/reload", b"", errors)
     runs = _reload_runs(server) - runs_before
+    classified, during_classify = _during_a_storm(server, "/classify", json.dumps(BODY).encode(), errors)
 
-    assert reports == [200] * 100 and errors == []
+    assert reports == [200] * 100 and classified == [200] * 100 and errors == []
     assert 1 <= runs <= 20, f"{runs} store re-reads for 100 concurrent reloads: not coalesced"
+    p99 = {name: _percentile(values, 0.99) * 1e3 for name, values in
+           [("normal", normal), ("reloads", during), ("classify", during_classify)]}  # fmt: skip
     figures["reload storm"] = {
         "concurrent reloads": 100,
         "store re-reads": int(runs),
-        "classify p99 ms normal": round(_percentile(normal, 0.99) * 1e3, 1),
-        "classify p99 ms during": round(_percentile(during, 0.99) * 1e3, 1),
-        "p99 ratio": round(_percentile(during, 0.99) / _percentile(normal, 0.99), 2),
+        "classify p99 ms normal": round(p99["normal"], 1),
+        "classify p99 ms during": round(p99["reloads"], 1),
+        "p99 ratio": round(p99["reloads"] / p99["normal"], 2),
+        "p99 ratio, 100 classify at once instead": round(p99["classify"] / p99["normal"], 2),
         "classify requests during": len(during),
     }
 

@@ -192,6 +192,22 @@ def test_routes_come_from_model_names_alone(store):
     assert len(routes) == 5 and all(route == route_of(name) for route, name in routes.items())
 
 
+def test_a_version_rewritten_in_place_is_read_again(store):
+    # Scans remember each parsed model.yaml (BentoML's YAML parse is slow), but only while the file is unchanged.
+    yaml = version_dir(store, "knn") / "model.yaml"
+    assert _knn_labels(store)["status"] == "promoted"
+    yaml.write_text(yaml.read_text().replace("status: promoted", "status: rejected", 1))
+    assert _knn_labels(store)["status"] == "rejected"
+    found, _ = scan(store)
+    assert model_name("knn") not in {m.name for m in found}  # its only version is rejected: not served
+
+
+def _knn_labels(store):
+    from penguins.store import _read_model
+
+    return dict(_read_model(version_dir(store, "knn")).info.labels)
+
+
 @pytest.mark.parametrize("name", ["extra-trees", "mlp", "a1", "x" * 40])
 def test_valid_model_names(name):
     assert check_model_name(name) == name
