@@ -5,8 +5,8 @@ contract made exact.
   for paths and methods no route takes; refuses non-JSON request bodies with 415; serves the docs page at `/` without
   anything from outside the origin, and `/docs.json` with every error status each operation can answer (`exact_spec`).
 - `Bodies` (inside the gateway): reads a POST body whole before BentoML does, so a client that disconnects mid-body is
-  simply gone (BentoML counted a 500 and logged a traceback); bounds how many bulk bodies a process works on at once
-  (429 with Retry-After beyond).
+  simply gone (BentoML counted a 500 and logged a traceback); bounds how many bulk bodies a process works on at once,
+  the next ones waiting their turn with their bodies unread (429 with Retry-After beyond the queue).
 - `ErrorHints`: names a refused unknown field and the closest allowed one in the 400's `detail`.
 - `strict_input(api)`: an API method refuses unknown top-level fields (BentoML ignores them); call it for every API,
   including routes made at runtime.
@@ -17,7 +17,9 @@ serving are known at once.
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections import deque
 from collections.abc import Callable, Iterable
 from functools import cache
 from importlib.metadata import PackageNotFoundError, version
@@ -456,51 +458,82 @@ def package_version() -> str:
 
 
 class Bodies:
-    """Read each POST body whole before the app does; bound the bulk ones a process works on at once."""
+    """Read each POST body whole before the app does; bound the bulk ones a process works on at once.
+
+    A bulk request beyond `bulk_concurrency` waits its turn (first come, first served) with its body unread: uvicorn
+    stops reading a connection once 64 KiB of its body are buffered, so a waiting flooder costs a socket and nothing
+    else. Beyond `bulk_queue` waiting, or after waiting half the body timeout (which would close it), it gets 429.
+    Answering at once instead let each flooder send its next 10,000-penguin body straight away: draining those
+    bodies kept the event loop waiting on the GIL the one admitted request held, and a lone small request waited
+    ~100x longer than with the flooders simply held back (docs/reliability.md, Fair share).
+    """
 
     def __init__(self, app: ASGIApp, settings: Settings | None = None):
         self.app = app
         self.settings = settings or get_settings()
         self.bulk_in_progress = 0
+        self.bulk_waiting: deque[asyncio.Future[None]] = deque()
 
     async def __call__(self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
         if scope["type"] != "http" or scope["method"] != "POST":
             return await self.app(scope, receive, send)
         declared = _header(scope, b"content-length")
         bulk = declared is not None and declared.isdigit() and int(declared) >= self.settings.bulk_body_bytes
-        if bulk and self.bulk_in_progress >= self.settings.bulk_concurrency:
+        if bulk and not await self._take_turn():
             return await self._busy(send)
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return  # the client left mid-body: nobody to answer, nothing to count as an error
-            chunk = message.get("body", b"")
-            chunks.append(chunk)
-            size += len(chunk)
-            if not message.get("more_body", False):
-                break
-        if not bulk and size >= self.settings.bulk_body_bytes:  # chunked: known only now
-            if self.bulk_in_progress >= self.settings.bulk_concurrency:
-                return await self._busy(send)
-            bulk = True
-        body = b"".join(chunks)
-        sent = False
-
-        async def replay() -> dict[str, Any]:
-            nonlocal sent
-            if sent:
-                return await receive()  # after the body: a disconnect, whenever it comes
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        if not bulk:
-            return await self.app(scope, replay, send)
-        self.bulk_in_progress += 1
         try:
+            chunks: list[bytes] = []
+            size = 0
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return  # the client left mid-body: nobody to answer, nothing to count as an error
+                chunk = message.get("body", b"")
+                chunks.append(chunk)
+                size += len(chunk)
+                if not message.get("more_body", False):
+                    break
+            if not bulk and size >= self.settings.bulk_body_bytes:  # chunked: known only now
+                if not await self._take_turn():
+                    return await self._busy(send)
+                bulk = True
+            body = b"".join(chunks)
+            sent = False
+
+            async def replay() -> dict[str, Any]:
+                nonlocal sent
+                if sent:
+                    return await receive()  # after the body: a disconnect, whenever it comes
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+
             await self.app(scope, replay, send)
         finally:
+            if bulk:
+                self._end_turn()
+
+    async def _take_turn(self) -> bool:
+        """A bulk slot, now or after the requests waiting before this one; False when the queue is full or the
+        wait too long."""
+        if self.bulk_in_progress < self.settings.bulk_concurrency and not self.bulk_waiting:
+            self.bulk_in_progress += 1
+            return True
+        if len(self.bulk_waiting) >= self.settings.bulk_queue:
+            return False
+        turn = asyncio.get_running_loop().create_future()
+        self.bulk_waiting.append(turn)
+        try:
+            await asyncio.wait({turn}, timeout=self.settings.body_timeout_s / 2)
+        finally:
+            if not turn.done():  # timed out, or this request was cancelled: give up the place
+                self.bulk_waiting.remove(turn)
+                turn.cancel()
+        return not turn.cancelled()  # done: the slot was handed over by _end_turn
+
+    def _end_turn(self) -> None:
+        if self.bulk_waiting:
+            self.bulk_waiting.popleft().set_result(None)  # the slot passes to the next in line
+        else:
             self.bulk_in_progress -= 1
 
     async def _busy(self, send: Callable[..., Any]) -> None:

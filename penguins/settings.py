@@ -65,13 +65,16 @@ class Settings(BaseSettings):
         return value.rstrip("/")
 
     # A body this big (about 450 penguins) is bulk: validated in a thread, not on the event loop, and only
-    # `bulk_concurrency` of them are worked on at once per worker; more are answered 429 with Retry-After.
+    # `bulk_concurrency` of them are worked on at once per worker; up to `bulk_queue` more wait their turn, their
+    # bodies unread (a socket each); beyond that they are answered 429 with Retry-After.
     bulk_body_bytes: int = Field(default=64 * 1024, ge=1024)
     bulk_concurrency: int = Field(default=1, ge=1, description="Bulk requests a worker works on at once")
+    bulk_queue: int = Field(default=32, ge=0, description="Bulk requests that wait their turn per worker")
     bulk_retry_after_s: int = Field(default=1, ge=1, description="Retry-After of a 429 for bulk requests")
     # How often CPython hands the GIL between threads (its default is 5 ms): a bulk request's CPU-bound thread made
-    # the event loop wait that long at each of its turns, so a lone small request waited many times that.
-    switch_interval_ms: float = Field(default=5.0, gt=0)
+    # the event loop wait that long at each of its turns, so a lone small request waited many times that. At 0.5 ms
+    # the concurrency benchmark did not change (docs/reliability.md, Fair share).
+    switch_interval_ms: float = Field(default=0.5, gt=0)
     # On SIGTERM a worker finishes what is in flight within this, answering new requests 503 meanwhile (docker stop
     # waits 10 s before SIGKILL).
     drain_s: float = Field(default=8.0, ge=0, description="Longest a worker drains on SIGTERM")

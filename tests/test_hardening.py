@@ -34,7 +34,8 @@ def server(tmp_path_factory, store_dir):
     home = tmp_path_factory.mktemp("hardening") / "home"
     shutil.copytree(store_dir, home / "models")
     log = home.parent / "serve.log"
-    with serve(home, log, PENGUINS_LOG_DIR=str(home.parent / "prediction-logs"), PENGUINS_ADMIN_TOKEN=TOKEN) as url:
+    env = {"PENGUINS_LOG_DIR": str(home.parent / "prediction-logs"), "PENGUINS_ADMIN_TOKEN": TOKEN}
+    with serve(home, log, PENGUINS_BULK_QUEUE="2", **env) as url:  # a short bulk queue: its limit is tested
         url.log = log  # type: ignore[attr-defined]
         url.prediction_logs = home.parent / "prediction-logs"  # type: ignore[attr-defined]
         yield url
@@ -318,8 +319,9 @@ def test_a_storm_of_reloads_coalesces_and_classify_keeps_answering(server, figur
 
 
 def test_bulk_requests_beyond_the_limit_are_told_when_to_retry(server):
-    """One bulk request at a time per worker (PENGUINS_BULK_CONCURRENCY=1 by default): the others get 429 with
-    Retry-After, before their body is parsed; small requests are never limited."""
+    """One bulk request at a time per worker (PENGUINS_BULK_CONCURRENCY=1 by default), the next ones wait their turn
+    (PENGUINS_BULK_QUEUE, 2 on this server), and beyond those a bulk request gets 429 with Retry-After before its
+    body is parsed; small requests are never limited. (The queue's order and bounds: test_guards.py.)"""
     bulk = json.dumps({"penguins": [EXAMPLE_PENGUIN] * 10_000}).encode()
     answers: list[httpx.Response] = []
     small: list[int] = []
@@ -341,7 +343,7 @@ def test_bulk_requests_beyond_the_limit_are_told_when_to_retry(server):
     for thread in threads:
         thread.join()
     statuses = sorted(r.status_code for r in answers)
-    assert 200 in statuses and 429 in statuses and set(statuses) <= {200, 429}, statuses
+    assert statuses.count(200) >= 3 and 429 in statuses and set(statuses) <= {200, 429}, statuses
     busy = next(r for r in answers if r.status_code == 429)
     assert busy.headers["retry-after"] == "1" and busy.json()["retry_after_s"] == 1
     assert len(next(r for r in answers if r.status_code == 200).json()) == 10_000
