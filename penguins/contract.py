@@ -219,12 +219,15 @@ class PenguinColumns(BaseModel):
         json_schema_extra=lambda schema: _openapi_3_0(schema) or schema.update(example=EXAMPLE_COLUMNS),
     )
 
-    island: Annotated[list[Island], _canonical_column(ISLANDS, "island")] = Field(description=ISLAND_HELP)
-    bill_length_mm: list[BillLength]
-    bill_depth_mm: list[BillDepth]
-    flipper_length_mm: list[FlipperLength]
-    body_mass_g: list[BodyMass]
-    sex: Annotated[list[Sex | None] | None, _canonical_column(SEXES, "sex")] = Field(default=None, description=SEX_HELP)
+    # min_length: no column is empty (there is at least one penguin), which the published schema says too.
+    island: Annotated[list[Island], _canonical_column(ISLANDS, "island")] = Field(description=ISLAND_HELP, min_length=1)
+    bill_length_mm: list[BillLength] = Field(min_length=1)
+    bill_depth_mm: list[BillDepth] = Field(min_length=1)
+    flipper_length_mm: list[FlipperLength] = Field(min_length=1)
+    body_mass_g: list[BodyMass] = Field(min_length=1)
+    sex: Annotated[list[Sex | None] | None, _canonical_column(SEXES, "sex")] = Field(
+        default=None, description=SEX_HELP, min_length=1
+    )
 
     def __len__(self) -> int:
         return len(self.island)

@@ -12,13 +12,15 @@ import schemathesis
 
 
 @schemathesis.hook
-def map_body(context: Any, body: Any) -> Any:
+def map_case(context: Any, case: Any) -> Any:
+    # map_case, not map_body: schemathesis applies it in every phase (its coverage phase skips map_body).
+    body = case.body
     columns = body.get("penguins") if isinstance(body, dict) else None
     if not isinstance(columns, dict):
-        return body
+        return case
     lengths = [len(v) for v in columns.values() if isinstance(v, list) and v]
-    if not lengths:
-        return body
-    n = max(lengths)
-    aligned = {k: (v * -(-n // len(v)))[:n] if isinstance(v, list) and v else v for k, v in columns.items()}
-    return {**body, "penguins": aligned}
+    if lengths:
+        n = max(lengths)
+        aligned = {k: (v * -(-n // len(v)))[:n] if isinstance(v, list) and v else v for k, v in columns.items()}
+        case.body = {**body, "penguins": aligned}
+    return case
