@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import json
+import resource
 import statistics
 import sys
 import tempfile
@@ -135,10 +136,23 @@ def _check_loopback_only(key: tuple[str, int], process: psutil.Process) -> None:
 
 
 def _load(process: psutil.Process, url: str, body: dict, connections: int, seconds: float) -> dict:
-    before = _cpu_seconds(process)
+    before, wrk_before = _cpu_seconds(process), _children_cpu_seconds()
     point = wrk(url, body, connections, seconds)
-    spent = _cpu_seconds(process) - before
-    return {**point, "cpu_ms_per_request": spent * 1e3 / max(point["requests"], 1)}
+    spent, wrk_spent = _cpu_seconds(process) - before, _children_cpu_seconds() - wrk_before
+    return {
+        **point,
+        "cpu_ms_per_request": spent * 1e3 / max(point["requests"], 1),
+        # How much of the machine the server and the load generator took: two workers can scale only into what wrk
+        # leaves of the two cores.
+        "server_cores": spent / seconds,
+        "wrk_cores": wrk_spent / seconds,
+    }
+
+
+def _children_cpu_seconds() -> float:
+    """CPU of this process's finished children: wrk, once it has exited (the servers have not)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _ours(url: str, path: str, penguins: Any) -> list[tuple[str, list[float]]]:
@@ -245,6 +259,9 @@ def _table(results: dict, catalogue: list[Peer]) -> dict[str, Any]:
         "fastest peer bulk ms": fastest_peer,
         "c32 vs mlserver >= 10": table["mlserver"]["ours_over_this_c32"],
         "c32 vs kserve >= 10": table["kserve"]["ours_over_this_c32"],
+        "cores at c32 with 2 workers, ours / wrk (of 2)": " / ".join(
+            _f(_median(load["ours/w2"]["c32"], key), ".2f") for key in ("server_cores", "wrk_cores")
+        ),
         "errors (ours) == 0": table["ours"]["errors"],
     }
     return table
