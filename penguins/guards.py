@@ -542,7 +542,8 @@ class Bodies:
             send,
             429,
             {
-                "error": f"this server works on {self.settings.bulk_concurrency} bulk requests at a time: retry later",
+                "error": f"this server works on {self.settings.bulk_concurrency} bulk request(s) at a time and "
+                f"{len(self.bulk_waiting)} are waiting their turn: retry later",
                 "retry_after_s": retry,
             },
             [(b"retry-after", str(retry).encode())],
