@@ -265,20 +265,21 @@ def _during_a_storm(url: str, path: str, body: bytes, errors: list[str]) -> tupl
         stdout=subprocess.PIPE,
         text=True,
     )
+    during: list[float] = []
+    stop = threading.Event()
+    client = threading.Thread(target=_classify_latencies, args=(url, stop, during, errors))
     try:
         assert storm.stdout.readline().strip() == "ready"
-        during: list[float] = []
-        stop = threading.Event()
-        client = threading.Thread(target=_classify_latencies, args=(url, stop, during, errors))
         client.start()
         storm.stdin.write("go\n")
         storm.stdin.flush()
         statuses = json.loads(storm.stdout.readline())
         storm.wait(timeout=60)
         time.sleep(0.5)
+    finally:  # the measuring client stops whatever happened, or the test would hang on its thread
         stop.set()
-        client.join()
-    finally:
+        if client.is_alive():
+            client.join()
         if storm.poll() is None:
             storm.kill()
             storm.wait()
