@@ -220,6 +220,7 @@ def _read_model(path: Path) -> Any:
 
 @lru_cache(maxsize=1024)
 def _parsed_model(path: Path, signature: tuple[int, ...]) -> Any:
+    """`signature` (the file's state) is only part of the cache key: a changed file is a new entry."""
     from bentoml import Model
 
     return Model.from_path(path)
