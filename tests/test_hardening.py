@@ -233,26 +233,33 @@ def _reload_runs(url: str) -> float:
     return sum(float(v) for v in re.findall(r"^penguins_store_reloads_total(?:{[^}]*})? (\S+)$", text, re.M))
 
 
-# A storm comes from a process of its own, niced: 100 client threads in this one would take the GIL from the thread
-# that measures classify, and on two cores an un-niced storm client takes a core from the server; attackers' own CPU
-# is not the server's.
+# A storm comes from a process of its own, niced: client threads in this one would take the GIL from the thread that
+# measures classify, and on two cores a busy storm client takes a core from the server; attackers' own CPU is not the
+# server's. Its 100 requests are written whole but for their last byte first, on 100 connections, and the last bytes
+# go out in one loop: they arrive together however little CPU the niced process gets on a loaded machine.
 STORM = """
-import json, os, sys, threading, httpx
+import json, os, socket, sys
 os.nice(19)
 url, token, path, body, n = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4].encode(), int(sys.argv[5])
-statuses, start = [], threading.Barrier(n + 1)
-def call():
-    with httpx.Client(base_url=url, timeout=120, headers={"authorization": f"Bearer {token}"}) as http:
-        start.wait()
-        statuses.append(http.post(path, content=body, headers={"content-type": "application/json"}).status_code)
-threads = [threading.Thread(target=call) for _ in range(n)]
-for thread in threads:
-    thread.start()
+host, port = url.removeprefix("http://").split(":")
+request = (
+    f"POST {path} HTTP/1.1\\r\\nHost: {host}\\r\\nAuthorization: Bearer {token}\\r\\n"
+    f"Content-Type: application/json\\r\\nContent-Length: {len(body)}\\r\\nConnection: close\\r\\n\\r\\n"
+).encode() + body
+sockets = [socket.create_connection((host, int(port))) for _ in range(n)]
+for s in sockets:
+    s.sendall(request[:-1])
 print("ready", flush=True)
 sys.stdin.readline()
-start.wait()
-for thread in threads:
-    thread.join()
+for s in sockets:
+    s.sendall(request[-1:])
+statuses = []
+for s in sockets:
+    answer = b""
+    while chunk := s.recv(65536):
+        answer += chunk
+    s.close()
+    statuses.append(int(answer.split(b" ", 2)[1]) if answer else 0)
 print(json.dumps(statuses), flush=True)
 """
 
