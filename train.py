@@ -33,10 +33,19 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, 
     parser = argparse.ArgumentParser(
         prog="train.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+
+    def built_in(name: str) -> str:
+        if name not in ALGORITHMS:  # the usual mistake: an own classifier's name where a built-in's goes
+            raise argparse.ArgumentTypeError(
+                f"{name!r} is not a built-in (choose from {', '.join(ALGORITHMS)}); to train a classifier of your "
+                f"own: --estimator <import.path.Class> --name {name}"
+            )
+        return name
+
     parser.add_argument(
         "--models",
         nargs="+",
-        choices=list(ALGORITHMS),
+        type=built_in,
         metavar="NAME",
         help=f"built-in algorithms to train (default, without --estimator: all of {', '.join(ALGORITHMS)})",
     )

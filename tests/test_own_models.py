@@ -279,6 +279,11 @@ CLI_REFUSED = {
         ["--models", "knn", "--estimator", "sklearn.naive_bayes.MultinomialNB", "--name", "x"],
         "Negative values",
     ),
+    "own name where a built-in goes": (
+        ["--models", "knn", "mlp"],
+        "'mlp' is not a built-in (choose from logistic-regression, random-forest, gradient-boosting, svm, knn); "
+        "to train a classifier of your own: --estimator <import.path.Class> --name mlp",
+    ),
     "invalid name": (["--estimator", "sklearn.ensemble.ExtraTreesClassifier", "--name", "Extra_Trees"], "invalid"),
     "no name": (["--estimator", "sklearn.ensemble.ExtraTreesClassifier"], "--estimator needs --name"),
     "param without estimator": (["--param", "n_estimators=3"], "--name and --param go with --estimator"),
