@@ -5,7 +5,7 @@ import json
 import pytest
 
 from penguins.contract import BOUNDS, SPECIES
-from penguins.store import endpoint_name, model_name
+from penguins.store import check_model_name, endpoint_name, model_name, route_of
 from penguins.training import ALGORITHMS
 
 
@@ -18,6 +18,28 @@ def test_each_algorithm_has_a_typed_endpoint_in_the_openapi_docs(client):
     for algorithm in ALGORITHMS:
         assert f"/{endpoint_name(algorithm)}" in paths
     assert {"/classify", "/models", "/reload"} <= set(paths)
+
+
+def test_no_model_name_can_take_a_built_in_route(client, svc):
+    """A model's route is `/classify_<name>` for a name `check_model_name` accepts (what `--name` and
+    `train_and_save` check first); no route or method the service has besides them is of that shape."""
+
+    def a_model_could_take(path: str) -> bool:
+        if not path.startswith("/classify_"):
+            return False
+        try:
+            check_model_name(path.removeprefix("/classify_").replace("_", "-"))
+        except ValueError:
+            return False
+        return True
+
+    per_model = {route_of(model_name(algorithm)) for algorithm in ALGORITHMS}
+    built_in = set(client.get("/docs.json").json()["paths"]) - per_model
+    built_in |= {"/", "/ui", "/docs.json", "/schema.json", "/livez", "/readyz", "/metrics"}
+    built_in |= {"/" + name for name in svc.apis} - per_model
+    assert {"/classify", "/explain", "/models", "/reload"} <= built_in
+    assert not [path for path in built_in if a_model_could_take(path)]
+    assert all(a_model_could_take(route) for route in per_model)
 
 
 def test_the_documented_example_is_a_working_request(client):
