@@ -44,8 +44,17 @@ class NoModelLoaded(ServingError):
 class UnknownModel(ServingError):
     status = 404
 
-    def __init__(self, requested: str, served: list[str], served_tags: list[str]):
-        super().__init__(f"model {requested!r} is not served", field="model", allowed=served, served_tags=served_tags)
+    def __init__(self, requested: str, served: list[str], served_tags: list[str], why: dict[str, str] | None = None):
+        # `why`: what the store knows of a model it holds but does not serve (`reason`, and `fix` when one call would)
+        why = why or {}
+        because = f": {why['reason']}" if "reason" in why else ""
+        super().__init__(
+            f"model {requested!r} is not served{because}",
+            field="model",
+            allowed=served,
+            served_tags=served_tags,
+            **why,
+        )
 
 
 class NotExplainable(ServingError):

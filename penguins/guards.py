@@ -339,6 +339,8 @@ ERROR_SCHEMAS: dict[str, dict[str, Any]] = {
             "field": {"type": "string"},
             "allowed": {"type": "array", "items": {"type": "string"}, "description": "The served models' names"},
             "served_tags": {"type": "array", "items": {"type": "string"}},
+            "reason": {"type": "string", "description": "Why, when the store holds the model but does not serve it"},
+            "fix": {"type": "string", "description": "The call that would serve it, when there is one"},
         },
         "required": ["error", "allowed"],
     },

@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 
 from penguins import workarounds
 from penguins.contract import Prediction, penguins_field
-from penguins.errors import NoModelLoaded, ServingError, UnknownModel
+from penguins.errors import ServingError
 from penguins.predlog import PredictionLog, worker_index
 from penguins.routes import ModelRoutes
 from penguins.settings import Settings, get_settings
@@ -381,10 +381,8 @@ class Gateway:
         self.routes.follow(scope["app"], snapshot)
         typed = path in self.routes.by_route
         if not typed and path.startswith(MODEL_ROUTE_PREFIX):
-            served = list(snapshot.models.values())
             requested = path.removeprefix(MODEL_ROUTE_PREFIX).replace("_", "-")[:80]
-            error = UnknownModel(requested, [m.name for m in served], [m.tag for m in served]) if served else None
-            return await _respond(send, error or NoModelLoaded())
+            return await _respond(send, snapshot.not_served(requested))
 
         if declared is None and scope.get("method") == "POST":
             # No Content-Length (chunked): read it here, bounded, and replay it; BentoML buffers it whole anyway.

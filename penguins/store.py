@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from penguins.contract import Penguin, Prediction
+from penguins.errors import NoModelLoaded, NotExplainable, ServingError, UnknownModel
 from penguins.explain import CUSTOM_OBJECT as EXPLAIN_OBJECT
 from penguins.explain import Explainer, Explanation
 from penguins.predict import OnnxPredictor, Predictor, SklearnPredictor, columns_of
@@ -270,7 +271,7 @@ def _skipped_unlabelled(name: str, tag: str) -> Skipped:
     return Skipped(
         name,
         tag,
-        "saved without this project's labels (not through the promotion gate), so it is not served",
+        "saved without this project's labels (not through the promotion gate)",
         f"penguins.training.train_and_save(pipeline_or_classifier, {short!r})",
     )
 
@@ -426,17 +427,39 @@ class Snapshot:
 
     def lookup(self, requested: str | None = None, explainable: bool = False) -> LoadedModel:
         """The model a request asked for (name, algorithm or exact tag; None: the default one), or a typed error."""
-        from penguins.errors import NoModelLoaded, NotExplainable, UnknownModel
-
-        if not self.models:
-            raise NoModelLoaded()
         chosen = self.best() if requested is None else self._find(requested)
         if chosen is None:
-            served = list(self.models.values())
-            raise UnknownModel(requested or "", [m.name for m in served], [m.tag for m in served])
+            raise self.not_served(requested or "")
         if explainable and chosen.explainer is None:
             raise NotExplainable(chosen.tag)
         return chosen
+
+    def not_served(self, requested: str) -> ServingError:
+        """The typed error for a model this snapshot does not serve: 503 when it serves none, else 404 naming the
+        served ones, and saying why when the store holds the model (skipped, failed to load, rejected by the gate)."""
+        if not self.models:
+            return NoModelLoaded()
+        served = list(self.models.values())
+        return UnknownModel(requested, [m.name for m in served], [m.tag for m in served], self._why_not(requested))
+
+    def _why_not(self, requested: str) -> dict[str, str] | None:
+        name, _, version = requested.partition(":")
+        full = name if name.startswith(MODEL_PREFIX) else MODEL_PREFIX + name
+        tag = f"{full}:{version}" if version else None
+        for skipped in self.skipped:
+            if skipped.name == full:
+                return {"reason": skipped.reason, "fix": skipped.fix}
+        for failure in self.failures:
+            if failure.name == full and (tag is None or failure.tag in (None, tag)):
+                return {"reason": f"it failed to load ({failure.reason})"}
+        rejected = {r.tag for r in self.rejected if r.name == full}
+        if (tag in rejected) or (tag is None and rejected and full not in self.models):
+            return {
+                "reason": "the promotion gate rejected it: `models` lists it under rejected, with the gate's decision"
+            }
+        if tag is not None and full in self.models:
+            return {"reason": f"{tag} is not the served version ({self.models[full].tag})"}
+        return None
 
     def _find(self, requested: str) -> LoadedModel | None:
         name, _, version = requested.partition(":")

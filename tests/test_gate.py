@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from penguins.contract import EXAMPLE_PENGUIN
+from penguins.errors import UnknownModel
 from penguins.gate import Decision, decide
 from penguins.serving import listing
 from penguins.store import REJECTED, STATUS_LABEL, Registry, model_name, scan
@@ -70,6 +71,10 @@ def test_a_rejected_latest_leaves_the_previous_version_served(store, trained):
     assert [r.tag for r in shown.rejected] == [rejected]
     assert shown.rejected[0].metrics["test_accuracy"] == 0.5
     assert rejected not in {m.tag for m in shown.models}
+    # Asked for by its tag, the rejected version is a 404 that says the gate rejected it.
+    with pytest.raises(UnknownModel, match="promotion gate rejected it") as asked:
+        registry.snapshot.lookup(rejected)
+    assert asked.value.status == 404 and model_name("knn") in asked.value.details["allowed"]
     # The store vanishing for a while keeps the loaded models served and the rejected version listed.
     store.rename(store.with_name("moved-away"))
     registry.reload()
@@ -111,6 +116,8 @@ def test_a_name_whose_only_version_is_rejected_is_not_served(store):
     change = registry.reload()
     assert not change.failed and model_name("knn") not in registry.snapshot.models
     assert [r.name for r in registry.snapshot.rejected] == [model_name("knn")]
+    with pytest.raises(UnknownModel, match="'knn' is not served: the promotion gate rejected it"):
+        registry.snapshot.lookup("knn")
 
 
 def test_decide_against_the_served_version(store):

@@ -119,6 +119,10 @@ def test_a_new_model_gets_its_route_and_a_removed_one_loses_it_with_no_request_f
         gone = httpx.post(f"{url}/classify_knn", json=BODY)
         assert gone.status_code == 404 and gone.headers["content-type"] == "application/json"
         assert gone.json()["allowed"] == [model_name("extra-trees"), model_name("logistic-regression")]
+        # The model saved without the gate is a 404 that says why, and the call that would serve it.
+        plain = httpx.post(f"{url}/classify_decision_tree", json=BODY)
+        assert plain.status_code == 404 and plain.json()["fix"] == skipped["fix"], plain.text
+        assert plain.json()["error"] == f"model 'decision-tree' is not served: {skipped['reason']}"
     if workers == 2:
         assert workers_that_answered(output.read_text(), "/classify_extra_trees") == {"1", "2"}
     figures[f"routes follow the store ({workers} worker{'s' if workers > 1 else ''})"] = {

@@ -10,6 +10,7 @@ import time
 import pytest
 
 from penguins.contract import Penguin, Prediction
+from penguins.errors import UnknownModel
 from penguins.repository import PULL_LOCK, UNPACKING
 from penguins.store import RELOAD_SIGNAL, STORE_FAILURE, Registry, check_model_name, model_name, route_of, scan
 from penguins.testing import ROOT, version_dir
@@ -158,6 +159,11 @@ def test_a_penguin_named_model_saved_without_the_gate_is_skipped_with_the_call_t
     assert "train_and_save" in skipped.fix and "'decision-tree'" in skipped.fix
     assert registry.snapshot.skipped == (skipped,)
     assert model_name("decision-tree") not in registry.snapshot.models
+    # Asked for, it is a 404 that says why and how to serve it, and names what is served.
+    with pytest.raises(UnknownModel) as asked:
+        registry.snapshot.lookup("decision-tree")
+    assert asked.value.message == f"model 'decision-tree' is not served: {skipped.reason}"
+    assert asked.value.details["fix"] == skipped.fix and model_name("knn") in asked.value.details["allowed"]
 
 
 def test_a_latest_file_pointing_into_another_model_is_refused(store):
@@ -179,6 +185,20 @@ def test_a_version_copied_from_another_model_is_refused(store):
     registry.reload()
     assert model_name("svm") not in registry.snapshot.models
     assert {f.name for f in registry.snapshot.failures} == {model_name("svm")}
+    with pytest.raises(UnknownModel, match="'svm' is not served: it failed to load \\(.*holds a copy of"):
+        registry.snapshot.lookup("svm")
+
+
+def test_a_version_not_served_is_a_404_naming_the_served_one(store):
+    registry = Registry(store)
+    registry.reload()
+    served = registry.snapshot.models[model_name("knn")].tag
+    assert registry.snapshot.lookup(served).tag == served
+    with pytest.raises(UnknownModel, match=f"{model_name('knn')}:older is not the served version \\({served}\\)"):
+        registry.snapshot.lookup("knn:older")
+    with pytest.raises(UnknownModel) as unknown:  # a name the store does not hold: no reason to give
+        registry.snapshot.lookup("no-such-model")
+    assert unknown.value.message == "model 'no-such-model' is not served" and "reason" not in unknown.value.details
 
 
 def test_routes_come_from_model_names_alone(store):
