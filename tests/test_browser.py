@@ -6,8 +6,11 @@ test-artifacts/ (gitignored); with PENGUINS_UPDATE_DOCS_SCREENSHOT=1 the README'
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 
+import httpx
 import pytest
 
 from penguins.contract import EXAMPLE_PENGUIN
@@ -42,6 +45,12 @@ def browser():
 
 @pytest.fixture
 def page(browser, server):
+    with _opened(browser, server) as page:
+        yield page
+
+
+@contextlib.contextmanager
+def _opened(browser, server):
     """A fresh page on /ui whose every request outside the service is refused and recorded: the page must work
     offline."""
     context = browser.new_context(viewport={"width": 1200, "height": 900})
@@ -132,6 +141,40 @@ def test_switching_the_model_changes_the_answers_model_tag(page):
         )
         assert page.text_content("#model-tag").startswith(model_name(algorithm) + ":")
     page.screenshot(path=str(ARTIFACTS / "ui-model.png"), full_page=True)
+
+
+def test_a_model_trained_while_the_page_is_open_is_offered_when_one_comes_back_to_it(browser, tmp_path):
+    """Train in JupyterLab's tab, reload, come back to the page's tab: the new model is in the list and answers;
+    once removed from the store, it leaves the list and the best model answers instead."""
+    home = tmp_path / "home"
+    run_train(home, "--models", "logistic-regression")
+    with serve(home, tmp_path / "serve.log") as url, _opened(browser, url) as page:
+        own = model_name("extra-trees")
+        listed = "() => [...document.querySelectorAll('#model option')].map(o => o.value)"
+        assert page.evaluate(listed) == ["", model_name("logistic-regression")]
+        run_train(home, "--estimator", "sklearn.ensemble.ExtraTreesClassifier", "--name", "extra-trees")
+        assert httpx.post(f"{url}/reload", timeout=60).json()["routes_added"] == ["/classify_extra_trees"]
+        page.evaluate("window.dispatchEvent(new Event('focus'))")  # what switching back to the tab fires
+        page.wait_for_selector(f"#model option[value='{own}']", state="attached")
+        with page.expect_response(lambda r: r.url.endswith("/explain")) as answer:
+            page.select_option("#model", own)
+        assert answer.value.json()["prediction"]["model"].startswith(own + ":")
+        page.wait_for_function(
+            "name => document.querySelector('#map svg')?.dataset.model.startsWith(name + ':')", arg=own
+        )
+        assert page.text_content("#model-tag").startswith(own + ":")
+
+        shutil.rmtree(home / "models" / own)
+        assert httpx.post(f"{url}/reload", timeout=60).json()["routes_removed"] == ["/classify_extra_trees"]
+        with page.expect_response(lambda r: r.url.endswith("/explain")) as answer:
+            page.evaluate("window.dispatchEvent(new Event('focus'))")
+        assert answer.value.ok
+        assert page.evaluate(listed) == ["", model_name("logistic-regression")]
+        assert page.input_value("#model") == ""
+        page.wait_for_function(
+            "name => document.querySelector('#model-tag')?.textContent.startsWith(name + ':')",
+            arg=model_name("logistic-regression"),
+        )
 
 
 def test_usable_at_phone_width(page):

@@ -397,6 +397,7 @@
       if (request !== state.request) return; // a newer request is on its way
       if (!answer.ok) {
         showErrors(answer.status, answer.data);
+        if (answer.status === 404) await loadModels(); // the chosen model is gone: offer what is served now
         return;
       }
       showPrediction(answer.data);
@@ -421,14 +422,26 @@
       return;
     }
     const select = $("model");
-    const keep = select.value;
-    while (select.options.length > 1) select.remove(1);
-    for (const model of answer.data.models) {
+    const offered = answer.data.models.map((model) => {
       const accuracy = model.metrics.cv_accuracy_mean;
       const score = typeof accuracy === "number" ? `, CV accuracy ${percent(accuracy)}` : "";
-      select.append(new Option(`${model.algorithm}${score}${model.default ? " (best)" : ""}`, model.name));
-    }
-    select.value = keep;
+      return [`${model.algorithm}${score}${model.default ? " (best)" : ""}`, model.name];
+    });
+    const shown = [...select.options].slice(1).map((o) => [o.text, o.value]);
+    if (JSON.stringify(offered) === JSON.stringify(shown)) return false; // unchanged: leave an open list alone
+    const keep = select.value;
+    while (select.options.length > 1) select.remove(1);
+    for (const [text, name] of offered) select.append(new Option(text, name));
+    // A model no longer served falls back to the best one.
+    select.value = offered.some(([, name]) => name === keep) ? keep : "";
+    return select.value !== keep;
+  }
+
+  // A model trained (or removed) while the page is open is offered once the user comes back to the page: from
+  // JupyterLab's tab, say. A chosen model that is gone is answered by the best one.
+  async function followModels() {
+    if (document.hidden || document.body.dataset.ready !== "true") return;
+    if (await loadModels()) await submit();
   }
 
   async function start() {
@@ -449,6 +462,8 @@
     });
     await loadModels();
     document.body.dataset.ready = "true";
+    document.addEventListener("visibilitychange", followModels);
+    window.addEventListener("focus", followModels);
     await submit();
   }
 
