@@ -1,5 +1,6 @@
-"""Per-model routes follow the store: after one reload a new model has its own typed endpoint, OpenAPI entry and
-client method, a removed one loses them, and no request fails meanwhile (real `bentoml serve`, real client)."""
+"""Per-model routes follow the store: after one reload new models (an ExtraTrees, an MLP with `--param`s, each by
+`train.py --estimator`) have their own typed endpoint, OpenAPI entry and client method, a removed one loses them,
+and no request fails meanwhile (real `bentoml serve`, real client)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import httpx
 import pytest
 
 from penguins.contract import EXAMPLE_PENGUIN
-from penguins.store import model_name
+from penguins.store import model_name, route_of
 from penguins.testing import run_train, serve, workers_that_answered
 
 pytestmark = pytest.mark.integration
@@ -24,6 +25,8 @@ pytestmark = pytest.mark.integration
 BODY = {"penguins": [EXAMPLE_PENGUIN]}
 TOKEN = "routes-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+MLP = ["--estimator", "sklearn.neural_network.MLPClassifier", "--name", "mlp"]
+MLP += ["--param", "hidden_layer_sizes=[32,16]", "--param", "max_iter=2000"]
 
 
 def _client_loop(url: str, stop: threading.Event, latencies: list, errors: list) -> None:
@@ -76,22 +79,25 @@ def test_a_new_model_gets_its_route_and_a_removed_one_loses_it_with_no_request_f
             time.sleep(2)
             before = len(latencies)
             run_train(home, "--estimator", "sklearn.ensemble.ExtraTreesClassifier", "--name", "extra-trees")
+            run_train(home, *MLP)
             _save_without_the_gate(home)
             shutil.rmtree(home / "models" / model_name("knn"))
             during_from = len(latencies)
             reloaded = time.perf_counter()
             report = httpx.post(f"{url}/reload", headers=AUTH, timeout=120).json()
-            assert report["routes_added"] == ["/classify_extra_trees"], report
+            reload_call = time.perf_counter() - reloaded
+            assert report["routes_added"] == ["/classify_extra_trees", "/classify_mlp"], report
             assert report["routes_removed"] == ["/classify_knn"], report
             (skipped,) = report["skipped"]
             assert skipped["name"] == model_name("decision-tree") and "train_and_save" in skipped["fix"]
-            # Every worker answers the new route (fresh connections spread over them).
+            # Every worker answers the new routes (fresh connections spread over them).
             route_answered = None
             for _ in range(20 * workers):
                 with httpx.Client(base_url=url, timeout=60) as fresh:
-                    answer = fresh.post("/classify_extra_trees", json=BODY)
-                    assert answer.status_code == 200, answer.text
-                    route_answered = route_answered or time.perf_counter() - reloaded
+                    for route in report["routes_added"]:
+                        answer = fresh.post(route, json=BODY)
+                        assert answer.status_code == 200, answer.text
+                        route_answered = route_answered or time.perf_counter() - reloaded
             time.sleep(2)
         finally:
             stop.set()
@@ -101,34 +107,38 @@ def test_a_new_model_gets_its_route_and_a_removed_one_loses_it_with_no_request_f
         assert not errors, errors[:5]
         assert before > 0 and len(during) > 0
 
-        # The new model is a method of a newly made client, in the OpenAPI document, in explain and in the listing.
+        # The new models are methods of a newly made client, in the OpenAPI document, in explain and in the listing.
         client = bentoml.SyncHTTPClient(url)
-        (typed,) = client.classify_extra_trees(penguins=[EXAMPLE_PENGUIN])
-        assert typed["model"].startswith(model_name("extra-trees")) and typed["species"] == "Gentoo"
-        assert not hasattr(client, "classify_knn")
         paths = httpx.get(f"{url}/docs.json").json()["paths"]
-        assert "/classify_extra_trees" in paths and "/classify_knn" not in paths
-        explained = client.explain(penguin=EXAMPLE_PENGUIN, model="extra-trees")
-        assert explained["prediction"]["model"] == typed["model"]
+        for name, method in (("extra-trees", client.classify_extra_trees), ("mlp", client.classify_mlp)):
+            (typed,) = method(penguins=[EXAMPLE_PENGUIN])
+            assert typed["model"].startswith(model_name(name) + ":") and typed["species"] == "Gentoo"
+            assert route_of(model_name(name)) in paths
+            explained = client.explain(penguin=EXAMPLE_PENGUIN, model=name)
+            assert explained["prediction"]["model"] == typed["model"]
+        assert not hasattr(client, "classify_knn") and "/classify_knn" not in paths
         listed = {m["name"]: m["route"] for m in client.models()["models"]}
         assert listed == {
             model_name("logistic-regression"): "/classify_logistic_regression",
             model_name("extra-trees"): "/classify_extra_trees",
+            model_name("mlp"): "/classify_mlp",
         }
         # The removed model's route answers a JSON 404 naming the served models.
         gone = httpx.post(f"{url}/classify_knn", json=BODY)
         assert gone.status_code == 404 and gone.headers["content-type"] == "application/json"
-        assert gone.json()["allowed"] == [model_name("extra-trees"), model_name("logistic-regression")]
+        assert gone.json()["allowed"] == [model_name(n) for n in ("extra-trees", "logistic-regression", "mlp")]
         # The model saved without the gate is a 404 that says why, and the call that would serve it.
         plain = httpx.post(f"{url}/classify_decision_tree", json=BODY)
         assert plain.status_code == 404 and plain.json()["fix"] == skipped["fix"], plain.text
         assert plain.json()["error"] == f"model 'decision-tree' is not served: {skipped['reason']}"
     if workers == 2:
-        assert workers_that_answered(output.read_text(), "/classify_extra_trees") == {"1", "2"}
+        for route in ("/classify_extra_trees", "/classify_mlp"):
+            assert workers_that_answered(output.read_text(), route) == {"1", "2"}
     figures[f"routes follow the store ({workers} worker{'s' if workers > 1 else ''})"] = {
         "requests_during_change": len(during),
         "failed": len(errors),
         "p99_ms_before": round(_p99(latencies[:before]) * 1000, 1),
         "p99_ms_during": round(_p99(during) * 1000, 1),
+        "reload_call_s": round(reload_call, 3),
         "reload_to_new_route_answering_s": round(route_answered, 3),
     }
