@@ -386,6 +386,12 @@ def load(stored: StoredModel, compiled: bool = True) -> LoadedModel:
     try:
         pipeline = bentoml.sklearn.load_model(model)
         classes = [str(c) for c in pipeline.classes_]
+    except ModuleNotFoundError as error:  # trained where a package was installed that the API does not have
+        raise ValueError(
+            f"cannot unpickle the saved pipeline ({_reason(error)}): the API needs every module the model was "
+            f"trained with; install what provides {error.name!r} where the API runs (pyproject.toml, then rebuild "
+            "the image)"
+        ) from error
     except Exception as error:  # a pickle error says little by itself ("KeyError: 110")
         raise ValueError(f"cannot unpickle the saved pipeline ({_reason(error)})") from error
     predictor: Predictor = SklearnPredictor(pipeline)

@@ -28,7 +28,7 @@ import train as train_cli
 from penguins import store
 from penguins.contract import CATEGORICAL_FEATURES, EXAMPLE_PENGUIN, FEATURES, NUMERIC_FEATURES, SPECIES, Penguin
 from penguins.explain import CUSTOM_OBJECT, Explainer
-from penguins.store import PROJECT, STATUS_LABEL, check_model_name, load, scan
+from penguins.store import PROJECT, STATUS_LABEL, Registry, check_model_name, load, scan
 from penguins.testing import ROOT, run_train, serve
 from penguins.training import (
     ALGORITHMS,
@@ -393,6 +393,35 @@ def test_a_real_server_serves_the_own_classifiers_saved_by_the_cli(own_home, tmp
             assert answer["species"] == "Gentoo" and answer["model"] == listing[name]["tag"]
             explained = client.explain(penguin=EXAMPLE_PENGUIN, model=name, k=3)
             assert explained["prediction"]["model"] == listing[name]["tag"] and len(explained["neighbours"]) == 3
+
+
+@pytest.mark.cli
+def test_a_model_needing_a_module_the_api_lacks_is_reported_with_what_to_install(tmp_path):
+    """Trained where a module was importable (a package installed in JupyterLab only, say), served where it is not:
+    reported under failures, saying what to install, while the other models serve."""
+    own = tmp_path / "own"
+    own.mkdir()
+    (own / "my_forest.py").write_text(
+        "from sklearn.ensemble import RandomForestClassifier\n\n\nclass MyForest(RandomForestClassifier):\n    pass\n"
+    )
+    home = tmp_path / "home"
+    run_train(home, "--models", "knn")
+    subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), "--store", str(home), "--estimator", "my_forest.MyForest"]
+        + ["--name", "my-forest"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(own)},
+        capture_output=True,
+        check=True,
+        timeout=300,
+    )
+    registry = Registry(home / "models")
+    change = registry.reload()
+    assert set(registry.snapshot.models) == {store.model_name("knn")}
+    (failure,) = change.failed
+    assert failure.name == store.model_name("my-forest")
+    assert "No module named 'my_forest'" in failure.reason
+    assert "install what provides 'my_forest' where the API runs" in failure.reason
 
 
 # --- the gate applies to the notebook's call -------------------------------------------------------------------------
