@@ -460,9 +460,7 @@ class Snapshot:
                 return {"reason": f"it failed to load ({failure.reason})"}
         rejected = {r.tag for r in self.rejected if r.name == full}
         if (tag in rejected) or (tag is None and rejected and full not in self.models):
-            return {
-                "reason": "the promotion gate rejected it: `models` lists it under rejected, with the gate's decision"
-            }
+            return {"reason": "the promotion gate rejected it (`models` lists it under `rejected`, with the decision)"}
         if tag is not None and full in self.models:
             return {"reason": f"{tag} is not the served version ({self.models[full].tag})"}
         return None
