@@ -37,8 +37,16 @@ class ServingError(Exception):
 class NoModelLoaded(ServingError):
     status = 503
 
-    def __init__(self) -> None:
-        super().__init__(f"no penguin model is loaded: {TRAIN_HINT}")
+    def __init__(self, held: dict[str, str] | None = None):
+        # `held`: penguin models the store holds but does not serve, and why (saved past the gate, say)
+        if not held:
+            super().__init__(f"no penguin model is loaded: {TRAIN_HINT}")
+            return
+        names = ", ".join(held)
+        super().__init__(
+            f"no penguin model is loaded: the store holds {names}, not served (`not_served` says why); {TRAIN_HINT}",
+            not_served=held,
+        )
 
 
 class UnknownModel(ServingError):

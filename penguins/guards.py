@@ -361,7 +361,15 @@ ERROR_SCHEMAS: dict[str, dict[str, Any]] = {
     },
     "Unavailable": {
         "type": "object",
-        "properties": {"error": {"type": "string"}, "model": {"type": "string"}},
+        "properties": {
+            "error": {"type": "string"},
+            "model": {"type": "string"},
+            "not_served": {
+                "type": "object",
+                "additionalProperties": {"type": "string"},
+                "description": "Penguin models the store holds but does not serve, and why",
+            },
+        },
         "required": ["error"],
     },
 }

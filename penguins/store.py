@@ -444,7 +444,12 @@ class Snapshot:
         """The typed error for a model this snapshot does not serve: 503 when it serves none, else 404 naming the
         served ones, and saying why when the store holds the model (skipped, failed to load, rejected by the gate)."""
         if not self.models:
-            return NoModelLoaded()
+            held = {s.name: s.reason for s in self.skipped}
+            held.update(
+                {f.name: f"failed to load ({f.reason})" for f in self.failures if f.name.startswith(MODEL_PREFIX)}
+            )
+            held.update({r.name: "rejected by the promotion gate" for r in self.rejected if r.name not in held})
+            return NoModelLoaded(held)
         served = list(self.models.values())
         return UnknownModel(requested, [m.name for m in served], [m.tag for m in served], self._why_not(requested))
 

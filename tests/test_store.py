@@ -10,7 +10,7 @@ import time
 import pytest
 
 from penguins.contract import Penguin, Prediction
-from penguins.errors import UnknownModel
+from penguins.errors import NoModelLoaded, UnknownModel
 from penguins.repository import PULL_LOCK, UNPACKING
 from penguins.store import RELOAD_SIGNAL, STORE_FAILURE, Registry, check_model_name, model_name, route_of, scan
 from penguins.testing import ROOT, version_dir
@@ -164,6 +164,26 @@ def test_a_penguin_named_model_saved_without_the_gate_is_skipped_with_the_call_t
         registry.snapshot.lookup("decision-tree")
     assert asked.value.message == f"model 'decision-tree' is not served: {skipped.reason}"
     assert asked.value.details["fix"] == skipped.fix and model_name("knn") in asked.value.details["allowed"]
+
+
+def test_with_nothing_served_the_503_says_what_the_store_holds_and_why(store):
+    plain = store / model_name("decision-tree")
+    shutil.copytree(version_dir(store, "knn").parent, plain)
+    for yaml in plain.glob("*/model.yaml"):
+        text = yaml.read_text().replace(model_name("knn"), model_name("decision-tree"))
+        yaml.write_text(text.replace("project: palmer-penguins", "project: elsewhere"))
+    for algorithm in ("logistic-regression", "random-forest", "gradient-boosting", "knn"):
+        shutil.rmtree(store / model_name(algorithm))
+    (store / model_name("svm") / "latest").write_text("nosuchversion")
+    registry = Registry(store)
+    registry.reload()
+    with pytest.raises(NoModelLoaded) as nothing:
+        registry.snapshot.lookup()
+    assert nothing.value.status == 503 and "python train.py" in nothing.value.message
+    held = nothing.value.details["not_served"]
+    assert set(held) == {model_name("decision-tree"), model_name("svm")}, held
+    assert "promotion gate" in held[model_name("decision-tree")] and "failed to load" in held[model_name("svm")]
+    assert model_name("decision-tree") in nothing.value.message
 
 
 def test_a_latest_file_pointing_into_another_model_is_refused(store):
