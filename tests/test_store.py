@@ -146,12 +146,17 @@ def test_a_half_written_new_version_keeps_the_old_one_serving(store):
     assert change.removed == [] and registry.snapshot.models[model_name("knn")] is old
 
 
-def test_a_penguin_named_model_saved_without_the_gate_is_skipped_with_the_call_that_would_serve_it(store):
+def _save_past_the_gate(store) -> None:
+    """knn's model copied as `penguins-decision-tree` without this project's labels, as a plain BentoML save."""
     plain = store / model_name("decision-tree")
     shutil.copytree(version_dir(store, "knn").parent, plain)
     for yaml in plain.glob("*/model.yaml"):
         text = yaml.read_text().replace(model_name("knn"), model_name("decision-tree"))
         yaml.write_text(text.replace("project: palmer-penguins", "project: elsewhere"))
+
+
+def test_a_penguin_named_model_saved_without_the_gate_is_skipped_with_the_call_that_would_serve_it(store):
+    _save_past_the_gate(store)
     registry = Registry(store)
     change = registry.reload()
     (skipped,) = change.skipped
@@ -167,11 +172,7 @@ def test_a_penguin_named_model_saved_without_the_gate_is_skipped_with_the_call_t
 
 
 def test_with_nothing_served_the_503_says_what_the_store_holds_and_why(store):
-    plain = store / model_name("decision-tree")
-    shutil.copytree(version_dir(store, "knn").parent, plain)
-    for yaml in plain.glob("*/model.yaml"):
-        text = yaml.read_text().replace(model_name("knn"), model_name("decision-tree"))
-        yaml.write_text(text.replace("project: palmer-penguins", "project: elsewhere"))
+    _save_past_the_gate(store)
     for algorithm in ("logistic-regression", "random-forest", "gradient-boosting", "knn"):
         shutil.rmtree(store / model_name(algorithm))
     (store / model_name("svm") / "latest").write_text("nosuchversion")
