@@ -39,14 +39,8 @@ class NoModelLoaded(ServingError):
 
     def __init__(self, held: dict[str, str] | None = None):
         # `held`: penguin models the store holds but does not serve, and why (saved past the gate, say)
-        if not held:
-            super().__init__(f"no penguin model is loaded: {TRAIN_HINT}")
-            return
-        names = ", ".join(held)
-        super().__init__(
-            f"no penguin model is loaded: the store holds {names}, not served (`not_served` says why); {TRAIN_HINT}",
-            not_served=held,
-        )
+        listed = f"the store holds {', '.join(held)}, not served (`not_served` says why); " if held else ""
+        super().__init__(f"no penguin model is loaded: {listed}{TRAIN_HINT}", **({"not_served": held} if held else {}))
 
 
 class UnknownModel(ServingError):

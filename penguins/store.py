@@ -386,14 +386,14 @@ def load(stored: StoredModel, compiled: bool = True) -> LoadedModel:
     try:
         pipeline = bentoml.sklearn.load_model(model)
         classes = [str(c) for c in pipeline.classes_]
-    except ModuleNotFoundError as error:  # trained where a package was installed that the API does not have
-        raise ValueError(
-            f"cannot unpickle the saved pipeline ({_reason(error)}): the API needs every module the model was "
-            f"trained with; install what provides {error.name!r} where the API runs (pyproject.toml, then rebuild "
-            "the image)"
-        ) from error
     except Exception as error:  # a pickle error says little by itself ("KeyError: 110")
-        raise ValueError(f"cannot unpickle the saved pipeline ({_reason(error)})") from error
+        hint = ""
+        if isinstance(error, ModuleNotFoundError):  # trained where a package was installed that the API lacks
+            hint = (
+                f": the API needs every module the model was trained with; install what provides {error.name!r} "
+                "where the API runs (pyproject.toml, then rebuild the image)"
+            )
+        raise ValueError(f"cannot unpickle the saved pipeline ({_reason(error)}){hint}") from error
     predictor: Predictor = SklearnPredictor(pipeline)
     if compiled:
         try:
@@ -444,11 +444,8 @@ class Snapshot:
         """The typed error for a model this snapshot does not serve: 503 when it serves none, else 404 naming the
         served ones, and saying why when the store holds the model (skipped, failed to load, rejected by the gate)."""
         if not self.models:
-            held = {s.name: s.reason for s in self.skipped}
-            held.update(
-                {f.name: f"failed to load ({f.reason})" for f in self.failures if f.name.startswith(MODEL_PREFIX)}
-            )
-            held.update({r.name: "rejected by the promotion gate" for r in self.rejected if r.name not in held})
+            names = [s.name for s in self.skipped] + [f.name for f in self.failures] + [r.name for r in self.rejected]
+            held = {name: why["reason"] for name in dict.fromkeys(names) if (why := self._why_not(name))}
             return NoModelLoaded(held)
         served = list(self.models.values())
         return UnknownModel(requested, [m.name for m in served], [m.tag for m in served], self._why_not(requested))
