@@ -68,11 +68,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_train(home: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    """The real CLI, in its own process, into the store under `home` (`check`: raise unless it exits 0)."""
+def run_train(
+    home: Path, *args: str, check: bool = True, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """The real CLI, in its own process, into the store under `home` (`check`: raise unless it exits 0; `env`: set
+    these besides the environment)."""
     return subprocess.run(
         [sys.executable, str(ROOT / "train.py"), "--store", str(home), *args],
         cwd=ROOT,
+        env={**os.environ, **env} if env else None,
         capture_output=True,
         text=True,
         timeout=300,

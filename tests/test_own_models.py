@@ -406,15 +406,7 @@ def test_a_model_needing_a_module_the_api_lacks_is_reported_with_what_to_install
     )
     home = tmp_path / "home"
     run_train(home, "--models", "knn")
-    subprocess.run(
-        [sys.executable, str(ROOT / "train.py"), "--store", str(home), "--estimator", "my_forest.MyForest"]
-        + ["--name", "my-forest"],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(own)},
-        capture_output=True,
-        check=True,
-        timeout=300,
-    )
+    run_train(home, "--estimator", "my_forest.MyForest", "--name", "my-forest", env={"PYTHONPATH": str(own)})
     registry = Registry(home / "models")
     change = registry.reload()
     assert set(registry.snapshot.models) == {store.model_name("knn")}
