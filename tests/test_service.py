@@ -5,6 +5,7 @@ import json
 import pytest
 
 from penguins.contract import BOUNDS, SPECIES
+from penguins.serving import MODEL_ROUTE_PREFIX
 from penguins.store import check_model_name, endpoint_name, model_name, route_of
 from penguins.training import ALGORITHMS
 
@@ -25,10 +26,10 @@ def test_no_model_name_can_take_a_built_in_route(client, svc):
     `train_and_save` check first); no route or method the service has besides them is of that shape."""
 
     def a_model_could_take(path: str) -> bool:
-        if not path.startswith("/classify_"):
+        if not path.startswith(MODEL_ROUTE_PREFIX):
             return False
         try:
-            check_model_name(path.removeprefix("/classify_").replace("_", "-"))
+            check_model_name(path.removeprefix(MODEL_ROUTE_PREFIX).replace("_", "-"))
         except ValueError:
             return False
         return True
