@@ -6,6 +6,7 @@ A thin shell: the models, the store and the rules live in the `penguins` package
 
 from __future__ import annotations
 
+import gc
 import logging
 import sys
 from typing import Annotated
@@ -15,11 +16,13 @@ from pydantic import Field
 from pydantic_core import to_json
 from starlette.responses import Response
 
-from penguins import guards, ui, workarounds
+from penguins import adapter, ui
 from penguins.coalesce import Coalesced, reloads_counter
 from penguins.contract import Penguin
 from penguins.errors import answers_errors
 from penguins.explain import DEFAULT_NEIGHBOURS, MAX_NEIGHBOURS, Explanation, TrainingMap
+from penguins.http import admission, front, hints, metrics, openapi
+from penguins.logs import quiet_client_errors
 from penguins.predlog import worker_index
 from penguins.serving import (
     MODEL_ROUTE_PREFIX,
@@ -54,13 +57,14 @@ class PenguinClassifier:
     """
 
     def __init__(self) -> None:
-        workarounds.apply(
+        self.adapter = adapter.apply(
             settings.max_batch_wait_ms,
             settings.bulk_body_bytes,
             settings.log_predictions,
             drain_s=settings.drain_s,
             connections=(settings.header_timeout_s, settings.body_timeout_s, settings.max_connections),
         )
+        quiet_client_errors()
         logging.getLogger("penguins").setLevel(logging.INFO)  # what it serves and why, in the server's log
         sys.setswitchinterval(settings.switch_interval_ms / 1000)
         self.registry = get_registry()
@@ -68,8 +72,12 @@ class PenguinClassifier:
         # Without traffic too, each worker follows reloads signalled elsewhere (docs/replicas.md).
         self.registry.start(settings.sync_interval_seconds)
         self.reloads = Coalesced(self._reload_now, on_run=reloads_counter().inc)
-        workarounds.freeze_heap()  # what was loaded above lives as long as the worker
-        workarounds.spread_connections(worker_index())  # last: from here on the kernel routes connections to us
+        adapter.bind_once(self, list(PenguinClassifier.apis))
+        # What was loaded so far (libraries, models) lives as long as the worker: out of every later garbage
+        # collection, whose full passes over it paused the worker under load (docs/performance.md).
+        gc.collect()
+        gc.freeze()
+        adapter.spread_connections(worker_index())  # last: from here on the kernel routes connections to us
 
     @bentoml.on_shutdown
     def stop_sync(self) -> None:
@@ -104,7 +112,7 @@ class PenguinClassifier:
     def models(self) -> ModelListing:
         """List the served models with their metrics and routes, the versions the gate rejected, the store entries
         that failed to load, and the penguin-named models that are not served (skipped) with the call that would."""
-        return listing(self.registry.sync(), self.registry.status())
+        return listing(self.registry.sync(), self.registry.status(), self.adapter)
 
     @bentoml.api
     async def reload(self) -> ReloadReport:
@@ -120,11 +128,18 @@ class PenguinClassifier:
 
 
 for _api in PenguinClassifier.apis.values():
-    guards.strict_input(_api)
+    hints.strict_input(_api)
+PenguinClassifier.add_asgi_middleware(metrics.Metrics)  # outermost: counts every answer, the refusals too
 PenguinClassifier.add_asgi_middleware(
-    guards.Front, conflict_routes=("/explain", "/training_map"), runtime_prefixes=(MODEL_ROUTE_PREFIX,)
+    front.Front, conflict_routes=("/explain", "/training_map"), runtime_prefixes=(MODEL_ROUTE_PREFIX,)
 )
 PenguinClassifier.add_asgi_middleware(Gateway)
-PenguinClassifier.add_asgi_middleware(guards.Bodies)
-PenguinClassifier.add_asgi_middleware(guards.ErrorHints)
+PenguinClassifier.add_asgi_middleware(
+    openapi.Published,
+    service=PenguinClassifier,
+    admin_routes=("/reload",) if settings.admin_token else (),
+    conflict_routes=("/explain", "/training_map"),
+)
+PenguinClassifier.add_asgi_middleware(admission.Bodies)
+PenguinClassifier.add_asgi_middleware(hints.ErrorHints)
 PenguinClassifier.mount_asgi_app(ui.create_app(), path=ui.PATH, name="ui")

@@ -1,8 +1,10 @@
 """The framework ceiling: a BentoML endpoint with our input and output types and server settings, doing no work."""
 
+import gc
+
 import bentoml
 
-from penguins import workarounds
+from penguins import adapter
 from penguins.contract import Prediction
 from penguins.predlog import worker_index
 from penguins.serving import Penguins, Predictions, server_config
@@ -15,9 +17,11 @@ ANSWER = Prediction(species="Adelie", probabilities={"Adelie": 1.0, "Chinstrap":
 @bentoml.service(name="noop", **server_config(settings))
 class Noop:
     def __init__(self) -> None:
-        workarounds.apply(settings.max_batch_wait_ms)
-        workarounds.freeze_heap()
-        workarounds.spread_connections(worker_index())
+        adapter.apply(settings.max_batch_wait_ms)
+        adapter.bind_once(self, list(Noop.apis))
+        gc.collect()  # as the service does: the start-up heap out of later collections
+        gc.freeze()
+        adapter.spread_connections(worker_index())
 
     @bentoml.api(
         batchable=settings.batching, max_batch_size=settings.max_batch_size, max_latency_ms=settings.max_latency_ms

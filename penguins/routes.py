@@ -1,7 +1,7 @@
 """The per-model endpoints: one typed API method per served model, following what the store serves.
 
 Each worker builds them from its registry's snapshot and swaps them into its running app (through
-`workarounds.serve_apis`) before it routes a request that comes after the snapshot changed: after a reload, a new
+`adapter.serve_apis`) before it routes a request that comes after the snapshot changed: after a reload, a new
 model answers at `/classify_<name>`, appears in `/docs.json` and in the client's schema, and a removed one's route is
 gone, with no restart and no request dropped.
 """
@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from penguins import guards, workarounds
+from penguins import adapter
+from penguins.http.hints import strict_input
 from penguins.settings import Settings
 from penguins.store import MODEL_PREFIX, Snapshot, endpoint_name, route_of
 
@@ -40,7 +41,7 @@ def typed_api(name: str, settings: Settings) -> Any:
         max_batch_size=settings.max_batch_size,
         max_latency_ms=settings.max_latency_ms,
     )
-    guards.strict_input(api)  # unknown top-level fields refused, as on the service's own APIs
+    strict_input(api)  # unknown top-level fields refused, as on the service's own APIs
     return api
 
 
@@ -62,7 +63,7 @@ class ModelRoutes:
             for name in routes.values():
                 if name not in self._apis:
                     self._apis[name] = typed_api(name, self.settings)
-            served = workarounds.serve_apis(app, {self._apis[n].name: self._apis[n] for n in routes.values()})
+            served = adapter.serve_apis(app, {self._apis[n].name: self._apis[n] for n in routes.values()})
             # On a BentoML the swap was not written for, none is served: `/classify` with `model` still is.
             self.by_route = routes if served else {}
         self._applied = snapshot

@@ -14,7 +14,8 @@ from typing import Annotated, Any
 from bentoml.validators import ContentType
 from pydantic import BaseModel, Field
 
-from penguins import workarounds
+from penguins import adapter
+from penguins.adapter import VALIDATED, VALIDATED_JSON
 from penguins.contract import Prediction, penguins_field
 from penguins.errors import ServingError
 from penguins.predlog import PredictionLog, worker_index
@@ -41,8 +42,8 @@ logger = logging.getLogger(__name__)
 Penguins = penguins_field(get_settings().max_penguins)
 # An explicit media type: without it BentoML 1.4.39 rebuilds the JSON schema of a list output on every response
 # just to find out it is JSON (~20% of a small request's CPU). Our answers are built from the model's arrays: they
-# are sent as returned, not validated again (workarounds.send_answers_as_returned).
-Predictions = Annotated[list[Prediction], ContentType("application/json"), workarounds.AS_RETURNED]
+# are sent as returned, not validated again (adapter.answers.send_answers_as_returned).
+Predictions = Annotated[list[Prediction], ContentType("application/json"), adapter.AS_RETURNED]
 # BentoML 1.4.39 flattens an optional top-level argument to its first `anyOf` branch, so the OpenAPI document would
 # say `type: string, default: null` (invalid); `nullable` keeps the published schema true to what the API accepts.
 ModelName = Annotated[
@@ -65,6 +66,8 @@ def server_config(settings: Settings) -> dict[str, Any]:
         "threads": settings.threads,
         "traffic": {"timeout": 60},
         "logging": {"access": {"enabled": settings.access_log}},
+        # BentoML's HTTP metrics labelled series by raw path (unbounded): ours replace them (penguins.http.metrics).
+        "metrics": {"enabled": False},
     }
     if not settings.trace_requests:
         # BentoML 1.4 always installs its tracing middleware; an excluded URL passes through it untouched.
@@ -172,6 +175,11 @@ class ModelListing(BaseModel):
     repository: RepositoryInfo | None = Field(
         default=None, description="The model repository, when one is set", json_schema_extra=NULLABLE
     )
+    fixes: adapter.AdapterStatus | None = Field(
+        default=None,
+        description="Which fixes to BentoML's internals are on in this worker, why any is off, and the versions",
+        json_schema_extra=NULLABLE,
+    )
 
 
 class ReloadReport(BaseModel):
@@ -252,7 +260,9 @@ def signal_info(signal: Signal | None) -> SignalInfo | None:
     )
 
 
-def listing(snapshot: Snapshot, status: ReplicaStatus | None = None) -> ModelListing:
+def listing(
+    snapshot: Snapshot, status: ReplicaStatus | None = None, fixes: adapter.AdapterStatus | None = None
+) -> ModelListing:
     best = snapshot.best()
 
     def info(model: LoadedModel) -> ModelInfo:
@@ -285,6 +295,7 @@ def listing(snapshot: Snapshot, status: ReplicaStatus | None = None) -> ModelLis
         skipped=skipped(snapshot.skipped),
         replica=replica_info(status) if status else None,
         repository=repository_info(status.repository) if status else None,
+        fixes=fixes,
     )
 
 
@@ -427,8 +438,6 @@ def _recorded(scope, receive, send, log: PredictionLog, headers: dict[bytes, byt
 
 
 def _validated_json(scope: dict[str, Any]) -> bytes | None:
-    from penguins.workarounds import VALIDATED, VALIDATED_JSON
-
     serialised = scope.get(VALIDATED_JSON)
     if serialised is not None:
         return serialised

@@ -73,10 +73,9 @@ def route_of(name: str) -> str:
 
 
 def default_store_dir() -> Path:
-    """BentoML's own model store: $BENTOML_HOME/models."""
-    from penguins.workarounds import model_store_dir
-
-    return model_store_dir()
+    """BentoML's own model store: $BENTOML_HOME/models, read as BentoML documents it (BENTOML_HOME, default
+    ~/bentoml)."""
+    return Path(os.environ.get("BENTOML_HOME", os.path.join(os.path.expanduser("~"), "bentoml"))) / "models"
 
 
 STORE_FAILURE = "model store"

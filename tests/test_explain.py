@@ -12,6 +12,7 @@ from penguins.predict import SklearnPredictor, columns_of
 from penguins.store import load, model_name, scan
 from penguins.training import ALGORITHMS, split, train
 from penguins.ui import STATIC
+from tests.openapi import request_schema
 
 QUERIES = [
     EXAMPLE_PENGUIN,
@@ -127,7 +128,7 @@ def test_explanation_data_is_saved_and_loaded_with_each_model(store_dir, trained
 def test_explain_and_training_map_are_typed_in_the_openapi_docs(client):
     spec = client.get("/docs.json").json()
     assert {"/explain", "/training_map"} <= set(spec["paths"])
-    body = spec["paths"]["/explain"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    body = request_schema(spec, "/explain")
     assert body["properties"]["penguin"]["$ref"].endswith("/Penguin")
     assert body["properties"]["k"]["maximum"] == MAX_NEIGHBOURS
     assert {"Neighbour", "MapPoint", "FeatureImportance", "TrainingPoint"} <= set(spec["components"]["schemas"])

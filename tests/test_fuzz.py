@@ -20,7 +20,7 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
 from penguins.contract import EXAMPLE_PENGUIN
-from penguins.guards import package_version
+from penguins.http.openapi import package_version
 from penguins.testing import serve
 from tests.test_bad_input import HAND_WRITTEN
 

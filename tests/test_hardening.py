@@ -170,7 +170,7 @@ def test_the_log_has_no_nan(server):
 
 def _metric(url: str, path: str, status: int) -> float:
     text = httpx.get(f"{url}/metrics", timeout=30).text
-    pattern = rf'bentoml_service_request_total{{endpoint="{re.escape(path)}",http_response_code="{status}".*}} (\S+)'
+    pattern = rf'penguins_http_requests_total{{endpoint="{re.escape(path)}",http_response_code="{status}".*}} (\S+)'
     return sum(float(v) for v in re.findall(pattern, text))
 
 
@@ -329,7 +329,7 @@ def test_a_storm_of_reloads_coalesces_and_classify_keeps_answering(server, figur
 def test_bulk_requests_beyond_the_limit_are_told_when_to_retry(server):
     """One bulk request at a time per worker (PENGUINS_BULK_CONCURRENCY=1 by default), the next ones wait their turn
     (PENGUINS_BULK_QUEUE, 2 on this server), and beyond those a bulk request gets 429 with Retry-After before its
-    body is parsed; small requests are never limited. (The queue's order and bounds: test_guards.py.)"""
+    body is parsed; small requests are never limited. (The queue's order and bounds: test_admission.py.)"""
     bulk = json.dumps({"penguins": [EXAMPLE_PENGUIN] * 10_000}).encode()
     answers: list[httpx.Response] = []
     small: list[int] = []

@@ -8,6 +8,7 @@ from penguins.contract import BOUNDS, SPECIES
 from penguins.serving import MODEL_ROUTE_PREFIX
 from penguins.store import check_model_name, endpoint_name, model_name, route_of
 from penguins.training import ALGORITHMS
+from tests.openapi import request_schema
 
 
 def _post(client, route, **body):
@@ -127,10 +128,14 @@ def test_reload_without_changes_reports_nothing_changed(client, trained):
     assert sorted(report["serving"]) == sorted(tag for _, tag in trained.values())
 
 
-def test_health_and_metrics_are_bentomls_own(client):
+def test_health_is_bentomls_own_and_the_http_metrics_ours_by_route(client):
     assert client.get("/livez").status_code == 200
     assert client.get("/readyz").status_code == 200
-    assert "bentoml_service_request" in client.get("/metrics").text
+    assert client.post("/classify_no_such_model", json={}).status_code == 404
+    text = client.get("/metrics").text
+    assert 'penguins_http_requests_total{endpoint="/readyz",http_response_code="200",method="GET"}' in text
+    assert 'endpoint="<unmatched>"' in text or 'endpoint="/classify_no_such_model"' not in text
+    assert "bentoml_service_request" not in text  # BentoML's own, labelled by raw path, are off
 
 
 def test_generic_classify_output_keeps_the_contract_for_a_bulk_request(client, frame):
@@ -154,7 +159,7 @@ def test_openapi_document_speaks_openapi_3_0(client):
     penguin = document["components"]["schemas"]["Penguin"]["properties"]
     assert penguin["bill_length_mm"]["minimum"] == 10 and "exclusiveMinimum" not in penguin["bill_length_mm"]
     assert penguin["sex"]["nullable"] is True and penguin["sex"]["enum"] == ["female", "male", None]
-    classify = document["paths"]["/classify"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    classify = request_schema(document, "/classify")
     assert classify["properties"]["model"]["nullable"] is True
 
 
@@ -221,7 +226,7 @@ def test_the_openapi_document_offers_rows_or_columns(client):
     document = client.get("/docs.json").json()
     schemas = document["components"]["schemas"]
     for route in ("/classify", "/classify_random_forest"):
-        body = document["paths"][route]["post"]["requestBody"]["content"]["application/json"]["schema"]
+        body = request_schema(document, route)
         options = body["properties"]["penguins"]["anyOf"]
         assert {"$ref": "#/components/schemas/PenguinColumns"} in options
         assert {"$ref": "#/components/schemas/Penguin"} in [o.get("items") for o in options]

@@ -1,10 +1,10 @@
-"""The bulk queue of `guards.Bodies`, on its own: who is admitted, who waits (in order), who is told to retry."""
+"""The bulk queue of `penguins.http.admission.Bodies` on its own: who is admitted, who waits (in order), who retries."""
 
 from __future__ import annotations
 
 import asyncio
 
-from penguins.guards import Bodies
+from penguins.http.admission import Bodies
 from penguins.settings import Settings
 
 BULK = b"x" * 2048

@@ -1,5 +1,5 @@
-"""The fixes to BentoML 1.4.39's serving internals (penguins/workarounds.py), on BentoML's own classes, and the frozen
-start-up heap."""
+"""The fixes to BentoML's serving internals (penguins/adapter), on BentoML's own classes; their guards, which judge
+a target by its shape, never by a version; and the frozen start-up heap."""
 
 import asyncio
 import contextvars
@@ -14,7 +14,8 @@ import uvloop
 from bentoml._internal.marshal.dispatcher import Optimizer
 from bentoml._internal.server.http.traffic import TimeoutMiddleware
 
-from penguins import workarounds
+from penguins import adapter
+from penguins.adapter import guard
 from penguins.settings import get_settings
 
 REQUEST_STATE = contextvars.ContextVar("request_state")
@@ -26,13 +27,14 @@ class RequestState:
 
 def test_the_service_applies_them_when_it_starts(client):
     # First in this file: the tests below apply them themselves.
-    from _bentoml_sdk.method import APIMethod
     from bentoml._internal.marshal.dispatcher import CorkDispatcher
 
-    assert hasattr(Optimizer.trigger_refresh, "__wrapped__")
+    assert getattr(Optimizer.trigger_refresh, "bounds_wait", False)
     assert getattr(TimeoutMiddleware.__call__, "releases_timer", False)
     assert getattr(CorkDispatcher._get_inputs, "keeps_requests_whole", False)
-    assert getattr(APIMethod._local_call, "binds_once", False)
+    listing = client.post("/models").json()["fixes"]
+    assert [f["name"] for f in listing["fixes"] if not f["on"]] == [] and len(listing["fixes"]) == len(adapter.FIXES)
+    assert listing["versions"]["bentoml"] == guard.installed("bentoml")
     assert gc.get_freeze_count() > 50_000  # the libraries and models it loaded: out of every later collection
 
 
@@ -57,9 +59,9 @@ def test_a_model_a_reload_drops_is_freed_without_the_collector(store_dir):
 def test_batching_never_learns_to_hold_a_request_longer_than_the_configured_wait():
     """After heavy load BentoML's dispatcher had learned waits of ~15 ms and held every lone request that long."""
     cap_s = get_settings().max_batch_wait_ms / 1000
-    workarounds.apply(get_settings().max_batch_wait_ms)
-    workarounds.apply(get_settings().max_batch_wait_ms)  # BentoML's method is wrapped once, however often applied
-    assert not hasattr(Optimizer.trigger_refresh.__wrapped__, "__wrapped__")
+    adapter.apply(get_settings().max_batch_wait_ms)
+    adapter.apply(get_settings().max_batch_wait_ms)  # BentoML's method is wrapped once, however often applied
+    assert not hasattr(Optimizer.trigger_refresh.__penguins_original__, "__penguins_original__")
 
     optimizer = Optimizer(max_latency=10.0)
     for n in (1, 4, 16) * 20:  # the history a burst leaves: batches that queued 30 ms each
@@ -104,7 +106,7 @@ async def _in_context(app, timeout: float) -> tuple[list[dict], weakref.ref]:
 
 def test_an_answered_request_leaves_nothing_alive_behind():
     """BentoML left each request's timeout timer running, and with it the request's context, for the whole timeout."""
-    workarounds.apply(get_settings().max_batch_wait_ms)
+    adapter.apply(get_settings().max_batch_wait_ms)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:  # the server's loop (uvicorn picks uvloop)
         results = [runner.run(_request(_answer)) for _ in range(20)]
         gc.collect()
@@ -113,7 +115,7 @@ def test_an_answered_request_leaves_nothing_alive_behind():
 
 
 def test_a_request_still_times_out_with_a_504():
-    workarounds.apply(get_settings().max_batch_wait_ms)
+    adapter.apply(get_settings().max_batch_wait_ms)
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         sent, _ = runner.run(_request(_slow, timeout=0.05))
     assert sent[0]["status"] == 504 and b"0.05 seconds" in sent[1]["body"]
@@ -128,9 +130,9 @@ def test_a_second_worker_listens_on_its_own_socket_of_the_same_address(monkeypat
     worker = ["/venv/site-packages/_bentoml_impl/worker/service.py", "--fd", str(inherited)]
     try:
         monkeypatch.setattr(sys, "argv", worker)
-        assert workarounds.spread_connections(1) is False  # the first worker keeps the shared socket
+        assert adapter.spread_connections(1) is False  # the first worker keeps the shared socket
         assert os.fstat(inherited).st_ino == os.fstat(shared.fileno()).st_ino
-        assert workarounds.spread_connections(2) is True
+        assert adapter.spread_connections(2) is True
         assert os.fstat(inherited).st_ino != os.fstat(shared.fileno()).st_ino
         with socket.socket(fileno=os.dup(inherited)) as own:
             assert own.getsockname() == shared.getsockname()
@@ -141,7 +143,7 @@ def test_a_second_worker_listens_on_its_own_socket_of_the_same_address(monkeypat
         assert accepted["shared"] + accepted["own"] == 64 and min(accepted.values()) > 0, accepted
 
         monkeypatch.setattr(sys, "argv", ["service.py", "--fd", str(inherited)])  # not BentoML's worker: untouched
-        assert workarounds.spread_connections(2) is False
+        assert adapter.spread_connections(2) is False
     finally:
         os.close(inherited)
         shared.close()
@@ -164,7 +166,7 @@ def test_a_request_larger_than_a_batch_is_never_split():
     alone if it does not fit with others, and smaller requests are still combined up to max_batch_size."""
     from bentoml._internal.marshal.dispatcher import CorkDispatcher
 
-    workarounds.apply(get_settings().max_batch_wait_ms)
+    adapter.apply(get_settings().max_batch_wait_ms)
     batches: list[list[int]] = []
 
     async def run() -> list:
@@ -193,10 +195,10 @@ def test_a_request_larger_than_a_batch_is_never_split():
     assert sum(len(batch) for batch in batches) == 7 and max(len(b) for b in batches) >= 2  # the others combined
 
 
-def test_an_api_method_is_bound_to_its_instance_once():
+def test_the_service_s_own_api_callers_are_bound_once_and_still_answer():
+    """BentoML's APIMethod.__get__ built a new caller (inspect.signature, functools.wraps) on every access, twice per
+    request; `bind_once` keeps one per API on the instance (a non-data descriptor yields to it): nothing patched."""
     import bentoml
-
-    workarounds.apply(get_settings().max_batch_wait_ms)
 
     @bentoml.service
     class Echo:
@@ -205,59 +207,134 @@ def test_an_api_method_is_bound_to_its_instance_once():
             return text
 
     instance, other = Echo.inner(), Echo.inner()
-    method = Echo.inner.__dict__["echo"]
-    caller = method._local_call(instance)
-    assert method._local_call(instance) is caller and method._local_call(other) is not caller
-    assert caller() == "x" and caller(text="y") == "y"  # BentoML's caller still fills in the defaults
+    adapter.bind_once(instance, list(Echo.apis))
+    assert instance.echo is instance.echo and other.echo is not other.echo
+    assert instance.echo.local() == "x" and instance.echo.local(text="y") == "y"  # BentoML's caller fills defaults
     dropped = weakref.ref(other)
     del other
     gc.collect()
-    assert dropped() is None  # the callers it keeps do not keep it alive
+    assert dropped() is None
 
 
-def test_every_patched_internal_has_the_shape_its_fix_was_written_for():
-    """Fails when an upgrade changes what a fix patches (a moved class, a renamed parameter): re-check that fix."""
-    assert {fix: workarounds.misfit(fix) for fix in workarounds.SHAPES} == dict.fromkeys(workarounds.SHAPES)
+def test_every_fix_fits_the_installed_bentoml_and_uvicorn():
+    """Fails when an upgrade changes what a fix patches (a moved class, a renamed parameter, code that no longer
+    reads what the fix relies on): CI's upgrade canary runs this on the newest BentoML 1.4.x and uvicorn."""
+    assert {name: adapter.misfit(name) for name in adapter.FIXES} == dict.fromkeys(adapter.FIXES)
+    assert len(adapter.FIXES) <= 9  # the budget of patches (docs/upstream.md)
+
+
+def test_an_untested_version_turns_no_fix_off_and_is_reported(monkeypatch):
+    monkeypatch.setattr(guard, "TESTED", {d: ("0.0.1",) for d in guard.TESTED})
+    guard.untested_versions.cache_clear()
+    try:
+        report = guard.status()
+        assert report.untested and set(report.versions) == {"bentoml", "uvicorn"}
+        assert all(f.on and f.why_off is None for f in report.fixes)
+    finally:
+        guard.untested_versions.cache_clear()
+
+
+def _targets() -> list:
+    return [
+        pytest.param(fix, target, id=f"{fix.name}:{target.attribute}")
+        for fix in guard.FIXES.values()
+        for target in fix.targets
+    ]
+
+
+def _owner(target):
+    import importlib
+
+    owner = importlib.import_module(target.module)
+    *path, name = target.attribute.split(".")
+    for part in path:
+        owner = getattr(owner, part)
+    return owner, name
+
+
+@pytest.mark.parametrize(("fix", "target"), _targets())
+def test_a_moved_target_keeps_its_fix_off_with_the_reason(monkeypatch, fix, target):
+    import importlib
+
+    module = importlib.import_module(target.module)
+    top = target.attribute.split(".")[0]
+    monkeypatch.delattr(module, top)  # as if an upgrade moved what the fix patches to another module
+    assert f"{target.module}.{target.attribute} is gone" in target.misfit()
+    assert guard.misfit(fix.name) is not None
+
+
+@pytest.mark.parametrize(("fix", "target"), [p for p in _targets() if p.values[1].params is not None])
+def test_a_reshaped_target_keeps_its_fix_off_with_the_reason(monkeypatch, fix, target):
+    owner, name = _owner(target)
+    monkeypatch.setattr(owner, name, lambda self, added_by_an_upgrade: None)  # as if an upgrade changed it
+    assert "takes ('self', 'added_by_an_upgrade')" in target.misfit()
+    assert guard.misfit(fix.name) is not None
+
+
+@pytest.mark.parametrize(("fix", "target"), [p for p in _targets() if p.values[1].uses])
+def test_a_target_that_no_longer_does_what_its_fix_relies_on_keeps_it_off(monkeypatch, fix, target):
+    owner, name = _owner(target)
+    params = target.params or ()
+    stand_in = eval(f"lambda {', '.join(params)}: None")  # the same parameters, none of the names it used
+    monkeypatch.setattr(owner, name, type(name, (), {}) if target.params is None else stand_in)
+    assert "no longer uses" in target.misfit()
+    assert guard.misfit(fix.name) is not None
+
+
+def test_bentoml_s_traceback_for_a_client_error_is_one_debug_line():
+    import logging
+
+    from pydantic import BaseModel, ValidationError
+
+    from penguins.logs import BENTOML_HTTP_LOGGER, ClientErrors
+
+    class Model(BaseModel):
+        x: int
+
+    try:
+        Model(x="no")
+    except ValidationError:
+        client = logging.LogRecord(
+            BENTOML_HTTP_LOGGER, logging.ERROR, "", 0, "Exception on %s [%s]", ("/x", "POST"), sys.exc_info()
+        )
+    try:
+        raise RuntimeError("a bug")
+    except RuntimeError:
+        server = logging.LogRecord(
+            BENTOML_HTTP_LOGGER, logging.ERROR, "", 0, "Exception on %s [%s]", ("/x", "POST"), sys.exc_info()
+        )
+    assert ClientErrors().filter(client) is False and ClientErrors().filter(server) is True
 
 
 GUARDED = """
 import logging, sys
-logging.basicConfig(level=logging.WARNING, stream=sys.stdout, format="%(message)s")
-from penguins import workarounds
+logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s")
+from penguins import adapter
 {setup}
-workarounds.apply(5, big_body_bytes=1000, drain_s=1.0, connections=(5.0, 5.0, 100))
+adapter.apply(5, big_body_bytes=1000, drain_s=1.0, connections=(5.0, 5.0, 100))
 from bentoml._internal.marshal.dispatcher import CorkDispatcher, Optimizer
 from bentoml._internal.server.http.traffic import TimeoutMiddleware
 print("keeps_requests_whole", getattr(CorkDispatcher._get_inputs, "keeps_requests_whole", False))
-print("bound_batch_wait", hasattr(Optimizer.trigger_refresh, "__wrapped__"))
+print("bound_batch_wait", getattr(Optimizer.trigger_refresh, "bounds_wait", False))
 print("release_request_timers", getattr(TimeoutMiddleware.__call__, "releases_timer", False))
-print("serve_apis", workarounds.serve_apis(None, {{}}) if workarounds.misfit("serve_apis") else "fits")
 """
 
 
-def _guarded(setup: str) -> str:
+@pytest.mark.cli
+def test_a_worker_with_a_reshaped_target_keeps_that_fix_off_says_why_and_applies_the_others():
     import subprocess
 
-    done = subprocess.run(
-        [sys.executable, "-c", GUARDED.format(setup=setup)], capture_output=True, text=True, timeout=120
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout
-
-
-def test_on_an_untested_bentoml_every_fix_stays_off_and_says_why():
-    out = _guarded('workarounds.TESTED["bentoml"] = "1.4.40"')
-    assert "keeps_requests_whole False" in out and "bound_batch_wait False" in out
-    assert "release_request_timers False" in out and "serve_apis False" in out
-    assert "BentoML workaround keep_requests_whole stays off: written for bentoml 1.4.40, this is 1.4.39" in out
-    assert "drain_on_shutdown" not in out  # uvicorn's fixes check uvicorn's version: the tested one here
-
-
-def test_a_target_of_another_shape_keeps_that_fix_off_and_the_others_on():
     setup = (
         "from bentoml._internal.marshal.dispatcher import Optimizer\n"
         "Optimizer.trigger_refresh = lambda self, now: None  # as if an upgrade added a parameter"
     )
-    out = _guarded(setup)
-    assert "bound_batch_wait False" in out and "keeps_requests_whole True" in out and "serve_apis fits" in out
+    done = subprocess.run(
+        [sys.executable, "-c", GUARDED.format(setup=setup)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "bound_batch_wait False" in out and "keeps_requests_whole True" in out
+    assert "release_request_timers True" in out
     assert "BentoML workaround bound_batch_wait stays off: " in out and "takes ('self', 'now')" in out
+    assert f"BentoML workarounds on bentoml {guard.installed('bentoml')}" in out
+    assert f"{len(adapter.FIXES) - 1} of {len(adapter.FIXES)}; off: bound_batch_wait" in out
