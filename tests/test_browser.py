@@ -222,7 +222,10 @@ def test_the_docs_page_loads_nothing_from_outside_the_service(browser, server):
         page.click(".opblock-summary-path[data-path='/classify']")
         page.wait_for_selector(".opblock.is-open .responses-table")
         page.wait_for_load_state("networkidle")
-        assert page.locator(".info .title").first.text_content().startswith("Palmer Penguins classifier")
+        title = page.locator(".info .title").first
+        assert title.text_content().startswith("Palmer Penguins classifier")
+        assert title.evaluate("e => getComputedStyle(e).visibility") == "visible"  # BentoML's stylesheet hid it
+        assert "BentoML Service API" not in page.content()  # the service's own tags, not BentoML's boilerplate
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "docs.png"))
     finally:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-# BentoML's page with what loaded from elsewhere taken out (Google Tag Manager, the GitHub corner) and Swagger UI's
+# BentoML's page with what loaded from elsewhere taken out (Google Tag Manager, the GitHub corner), without its
+# stylesheet (it hides the document's title), and with Swagger UI's
 # online validator badge switched off; the Swagger UI files are the ones BentoML ships and serves at /static_content.
 DOCS_PAGE = b"""<!DOCTYPE html>
 <html lang="en">
@@ -13,7 +14,7 @@ DOCS_PAGE = b"""<!DOCTYPE html>
     <meta charset="UTF-8">
     <title>Palmer Penguins classifier: API</title>
     <link rel="stylesheet" type="text/css" href="./static_content/swagger-ui.css" />
-    <link rel="stylesheet" type="text/css" href="./static_content/index.css" />
+    <style>body { margin: 0; background: #fafafa; } .swagger-ui .topbar { display: none; }</style>
     <link rel="icon" type="image/png" href="./static_content/favicon-light-32x32.png" sizes="32x32" />
   </head>
   <body>

@@ -202,6 +202,7 @@ def exact_spec(
             continue
         name = operation["x-bentoml-name"]
         operation["tags"] = [TAG_OF.get(name, "classify")]
+        operation["operationId"] = name  # a generated client's function: `classify_svm`, not BentoML's prefixed id
         api = (apis or {}).get(name)
         if api is not None:
             _name_bodies(operation, api, schemas)
