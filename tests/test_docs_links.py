@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from penguins.testing import ROOT
+from tests.test_readme import assert_shown_answer
 
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FENCE = re.compile(r"^\s*(```|~~~)")
@@ -113,3 +114,20 @@ def test_the_checker_finds_a_broken_anchor_and_a_missing_file(tmp_path, monkeypa
         "#nope: a.md has no heading whose anchor is #nope",
         "c.md: no such file c.md",
     ]
+
+
+def test_the_shown_answer_is_compared_digit_for_digit():
+    comment = (
+        '# [{"species": "Gentoo", "probabilities": {"Adelie": 0.0, "Gentoo": 0.99},\n#   "model": "penguins-x:abc"}]'
+    )
+    assert_shown_answer(
+        comment, [{"species": "Gentoo", "probabilities": {"Adelie": 0.0, "Gentoo": 0.9912}, "model": "penguins-x:zz"}]
+    )
+    for wrong in (
+        [{"species": "Adelie", "probabilities": {"Adelie": 0.0, "Gentoo": 0.99}, "model": "penguins-x:zz"}],
+        [{"species": "Gentoo", "probabilities": {"Adelie": 0.0, "Gentoo": 1.0}, "model": "penguins-x:zz"}],
+        [{"species": "Gentoo", "probabilities": {"Adelie": 0.0, "Gentoo": 0.99}, "model": "penguins-y:zz"}],
+        [{"species": "Gentoo", "probabilities": {"Adelie": 0.0, "Gentoo": 0.99}, "model": "penguins-x:zz", "more": 1}],
+    ):
+        with pytest.raises(AssertionError):
+            assert_shown_answer(comment, wrong)
