@@ -30,6 +30,7 @@ PASSED_ON = {
     "db": ("penguins.db", "the SQL tables: ingest raw rows, clean them (python -m penguins.db)"),
 }
 PIPELINE_STEPS = ("ingest", "clean", "train", "gate", "reload")
+EXIT_REJECTED = 3  # as train.py's: the promotion gate rejected a model (saved, not served)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -72,7 +73,8 @@ def parser() -> argparse.ArgumentParser:
         description="Run steps of the retraining pipeline (penguins.pipeline) in order, each printing its JSON "
         "report; `gate` takes the report of the `train` run before it. Settings come from PENGUINS_* variables "
         "(PENGUINS_DATABASE_URL, PENGUINS_MODELS, PENGUINS_TOLERANCE, PENGUINS_API_URL, ...); the store is "
-        "$BENTOML_HOME's. Default: every step.",
+        "$BENTOML_HOME's. Default: every step. Exits 3 when the gate rejected a model (as train.py does), 2 on a "
+        "bad step list.",
     )
     pipeline.add_argument(
         "steps",
@@ -217,13 +219,17 @@ def pipeline(args: argparse.Namespace) -> int:
     if "gate" in order and "train" not in order:
         print("penguins pipeline: error: gate takes the report of a train step run before it", file=sys.stderr)
         return 2
-    trained = None
+    trained, status = None, 0
     for step in order:
         report = steps.gate(trained) if step == "gate" else getattr(steps, step)()
         if step == "train":
             trained = report
         print(json.dumps({step: report}, indent=2), flush=True)
-    return 0
+        if step == "gate" and report.get("rejected"):  # the next steps still run: reload serves what was promoted
+            rejected = ", ".join(report["rejected"])
+            print(f"rejected by the promotion gate, saved but not served: {rejected}", file=sys.stderr)
+            status = EXIT_REJECTED  # train.py's status for the same outcome
+    return status
 
 
 def _plain(version) -> dict:

@@ -24,16 +24,18 @@ GATE_REASON = "test_accuracy 0.9000 is worse than the served 1.0000 by more than
 NOT_ONNX = "MissingShapeCalculator: Unable to find a shape calculator for type 'MyForest'"
 
 
-def penguins(home: Path | None, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+def penguins(
+    home: Path | None, *args: str, check: bool = True, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     if shutil.which("uv") is None:
         unavailable("the `penguins` command is run with uv, which is not on PATH")
-    env = {k: v for k, v in os.environ.items() if k != "PENGUINS_MODEL_REPOSITORY"}
+    environment = {k: v for k, v in os.environ.items() if k != "PENGUINS_MODEL_REPOSITORY"}
     if home is not None:
-        env["BENTOML_HOME"] = str(home)
+        environment["BENTOML_HOME"] = str(home)
     done = subprocess.run(
         ["uv", "run", "penguins", *args],
         cwd=ROOT,
-        env={**env, "BENTOML_DO_NOT_TRACK": "true", "COLUMNS": "400"},
+        env={**environment, **(env or {}), "BENTOML_DO_NOT_TRACK": "true", "COLUMNS": "400"},
         capture_output=True,
         text=True,
         timeout=180,
@@ -141,3 +143,24 @@ def test_every_subcommand_has_help_and_what_hid_behind_python_m_is_dispatched(tm
     lone_gate = penguins(tmp_path, "pipeline", "gate", check=False)
     assert lone_gate.returncode == 2 and "gate takes the report of a train step" in lone_gate.stderr
     assert STATUS_LABEL  # the label whose value `models` shows as the status
+
+
+def test_the_pipeline_runs_the_dags_steps_and_exits_3_on_a_rejection(store, tmp_path):
+    """random-forest seed 7 scores 0.971 held out against the served seed-42 version's 1.0: rejected."""
+    served = {m.name: m.tag for m in scan(store)[0]}
+    settings = {
+        "PENGUINS_DATABASE_URL": f"sqlite:///{tmp_path / 'pipeline.db'}",
+        "PENGUINS_MODELS": '["random-forest"]',
+        "PENGUINS_SEED": "7",
+        "PENGUINS_API_URL": "",
+    }
+    done = penguins(store.parent, "pipeline", check=False, env=settings)
+    assert done.returncode == 3, done.stderr[-3000:]
+    assert "rejected by the promotion gate, saved but not served: penguins-random-forest:" in done.stderr
+    steps, text, decoder = [], done.stdout.strip(), json.JSONDecoder()
+    while text:  # one JSON report per step
+        report, end = decoder.raw_decode(text)
+        steps += list(report)
+        text = text[end:].strip()
+    assert steps == ["ingest", "clean", "train", "gate", "reload"]
+    assert {m.name: m.tag for m in scan(store)[0]} == served
