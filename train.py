@@ -9,6 +9,13 @@ python train.py --if-empty                      # only when the store holds no p
 python train.py --data sqlite:///penguins.db     # from the clean table (python -m penguins.db ingest / clean)
 python train.py --tolerance 0.02                # promotion gate: reject a version whose test accuracy is worse
                                                 # than the served one's by more than this (default 0.01)
+
+exit status:
+  0  every model trained was promoted (or, with --if-empty, the store held penguin models already)
+  2  refused: a bad argument, or a classifier that cannot be trained or served (nothing is saved)
+  3  the promotion gate rejected at least one of the models asked for: every model was saved, the rejected ones
+     labelled status=rejected and not served (the table's gate column says which); a cron job can tell this
+     from a promotion
 """
 
 from __future__ import annotations
@@ -24,6 +31,9 @@ if TYPE_CHECKING:
     from penguins.training import Estimator
 
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
+
+EXIT_REFUSED = 2  # argparse's own status for a bad argument; also a classifier that cannot be trained or served
+EXIT_REJECTED = 3  # the promotion gate rejected at least one of the models asked for
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
@@ -47,15 +57,18 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, 
         nargs="+",
         type=built_in,
         metavar="NAME",
-        help=f"built-in algorithms to train (default, without --estimator: all of {', '.join(ALGORITHMS)})",
+        help=f"train only these built-in algorithms (default: all of {', '.join(ALGORITHMS)}; with --estimator: "
+        "none unless named here)",
     )
     parser.add_argument(
         "--estimator",
         metavar="IMPORT.PATH",
-        help="a scikit-learn classifier class to train as well, e.g. sklearn.ensemble.ExtraTreesClassifier "
-        "(wrapped in the contract's preprocessing); needs --name",
+        help="train only this scikit-learn classifier class (plus the built-ins --models names, if any), e.g. "
+        "sklearn.ensemble.ExtraTreesClassifier, wrapped in the contract's preprocessing; needs --name",
     )
-    parser.add_argument("--name", help="the --estimator's model name: penguins-<name>, served at classify_<name>")
+    parser.add_argument(
+        "--name", help="the --estimator's model name: saved as penguins-<name>, served at classify_<name>"
+    )
     parser.add_argument(
         "--param",
         action="append",
@@ -64,8 +77,18 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, 
         help="a constructor parameter of --estimator, repeatable; VALUE is JSON when it parses "
         "(n_estimators=300, hidden_layer_sizes=[32,16]), else a string",
     )
-    parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="random seed (default: %(default)s)")
-    parser.add_argument("--store", type=Path, help="BentoML home to save into (default: $BENTOML_HOME)")
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=DEFAULT_SEED,
+        help="seed of the train/test split, the cross-validation folds and every random_state an estimator leaves "
+        "unset (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--store",
+        type=Path,
+        help="the BentoML home to save into, as the server's BENTOML_HOME (default: $BENTOML_HOME, else ~/bentoml)",
+    )
     parser.add_argument(
         "--data",
         metavar="URL",
@@ -78,8 +101,15 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, 
         help="promotion gate: a new version whose test accuracy is worse than the served version's by more than "
         "this is saved labelled status=rejected and not served (default: %(default)s)",
     )
-    parser.add_argument("--no-gate", action="store_true", help="promote every new version, whatever its score")
-    parser.add_argument("--if-empty", action="store_true", help="do nothing when penguin models are stored already")
+    parser.add_argument(
+        "--no-gate", action="store_true", help="skip the promotion gate: promote every new version, whatever its score"
+    )
+    parser.add_argument(
+        "--if-empty",
+        action="store_true",
+        help="train only when the store holds no penguin model yet, else do nothing and exit 0 (with a model "
+        "repository, PENGUINS_MODEL_REPOSITORY, what it holds is pulled first and counts)",
+    )
     return parser, parser.parse_args(argv)
 
 
@@ -126,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def refuse(error: ValueError) -> NoReturn:
         """A classifier that cannot be trained or served: one line, argparse's exit status, nothing saved."""
-        parser.exit(2, f"{parser.prog}: error: {error}\n")
+        parser.exit(EXIT_REFUSED, f"{parser.prog}: error: {error}\n")
 
     try:  # every name and estimator (import, class, parameters) is checked before anything trains
         classifiers = [(check_model_name(name), estimator(args.seed)) for name, estimator in jobs]
@@ -159,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     # All are trained before any is saved: a classifier that fails to fit leaves the store as it was.
     trained_models = []
+    rejected = []
     try:
         with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as progress:
             task = progress.add_task("training", total=len(classifiers))
@@ -172,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
         refuse(error)
     for trained in trained_models:
         tag, decision = save_gated(trained, args.tolerance, gate=not args.no_gate)
+        if not decision.promoted:
+            rejected.append(f"{tag} ({decision.reason})")
         m = trained.metrics
         table.add_row(
             trained.algorithm,
@@ -185,6 +218,9 @@ def main(argv: list[str] | None = None) -> int:
             tag,
         )
     Console(width=None if sys.stdout.isatty() else 180).print(table)
+    if rejected:
+        console.print(f"rejected by the promotion gate, saved but not served: {'; '.join(rejected)}", soft_wrap=True)
+        return EXIT_REJECTED
     return 0
 
 

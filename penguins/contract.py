@@ -16,11 +16,12 @@ from pydantic import (
     ConfigDict,
     Field,
     TypeAdapter,
+    ValidationError,
     ValidationInfo,
     WrapValidator,
     model_validator,
 )
-from pydantic_core import PydanticCustomError
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 SPECIES: tuple[str, ...] = ("Adelie", "Chinstrap", "Gentoo")
 ISLANDS: tuple[str, ...] = ("Biscoe", "Dream", "Torgersen")
@@ -50,9 +51,10 @@ EXAMPLE_PENGUIN: dict[str, Any] = {
 _UNKNOWN_SEX = {"", "na", "n/a", "nan", "none", "null", "unknown", "?", ".", "-"}
 
 
-def _normaliser(vocabulary: tuple[str, ...], field: str):
+def _normaliser(vocabulary: tuple[str, ...], field: str, suggest: bool = True):
     """Accept any letter case ("dream", "MALE") and hand pydantic the canonical spelling; say what is wrong with the
-    usual mistakes (a numeric code, "NA" for an unknown sex) instead of only listing the allowed values."""
+    usual mistakes (a numeric code, "NA" for an unknown sex, a misspelling or abbreviation: did you mean) instead of
+    only listing the allowed values. `suggest=False` leaves a misspelling to pydantic (see `_canonical_column`)."""
     lookup = {value.lower(): value for value in vocabulary}
     quoted = [f"'{v}'" for v in vocabulary]
     allowed = f"{', '.join(quoted[:-1])} or {quoted[-1]}"  # as pydantic's own message spells it
@@ -66,13 +68,38 @@ def _normaliser(vocabulary: tuple[str, ...], field: str):
                 return canonical
             if optional and value.strip().lower() in _UNKNOWN_SEX:
                 raise PydanticCustomError("literal_error", f"Input should be {allowed}{unknown} (not {value!r})")
+            if suggest and (error := _suggestion(value, vocabulary, allowed)) is not None:
+                raise error
         elif isinstance(value, int | float):  # bool too: true/false is no island or sex either
             raise PydanticCustomError(
                 "literal_error", f"Input should be {allowed}: the {field} by name, not a numeric code{unknown}"
             )
         return value
 
+    normalise.allowed = allowed  # type: ignore[attr-defined]
     return normalise
+
+
+def closest(value: str, vocabulary: Sequence[str]) -> str | None:
+    """The one word of `vocabulary` that `value` most likely meant, any letter case: the only one it abbreviates
+    ("F" -> "female", "Tor" -> "Torgersen"), else the closest spelling ("Biscoo" -> "Biscoe"); None when none is
+    close enough to name."""
+    typed = value.strip().lower()
+    if not typed:
+        return None
+    lookup = {word.lower(): word for word in vocabulary}
+    prefixed = [word for lower, word in lookup.items() if lower.startswith(typed)]
+    if len(prefixed) == 1:
+        return prefixed[0]
+    close = difflib.get_close_matches(typed, list(lookup), n=1, cutoff=0.6)
+    return lookup[close[0]] if close else None
+
+
+def _suggestion(value: Any, vocabulary: tuple[str, ...], allowed: str) -> PydanticCustomError | None:
+    close = closest(value, vocabulary) if isinstance(value, str) else None
+    if close is None:
+        return None
+    return PydanticCustomError("literal_error", f"Input should be {allowed} (not {value!r}: did you mean {close!r}?)")
 
 
 def _canonical(vocabulary: tuple[str, ...], field: str):
@@ -80,9 +107,27 @@ def _canonical(vocabulary: tuple[str, ...], field: str):
 
 
 def _canonical_column(vocabulary: tuple[str, ...], field: str):
-    """`_canonical` for a whole column in one Python pass: per value it would be one validator call each."""
-    normalise = _normaliser(vocabulary, field)
-    return BeforeValidator(lambda values: [normalise(v) for v in values] if isinstance(values, list) else values)
+    """`_canonical` for a whole column in one Python pass: per value it would be one validator call each. A
+    misspelt value is left to pydantic, whose error names its index, and its message then gets the did-you-mean."""
+    normalise = _normaliser(vocabulary, field, suggest=False)
+
+    def validate(values: Any, handler: Any) -> Any:
+        try:
+            return handler([normalise(v) for v in values] if isinstance(values, list) else values)
+        except ValidationError as error:
+            errors = error.errors()
+            hints = [
+                e["type"] == "literal_error" and _suggestion(e["input"], vocabulary, normalise.allowed) for e in errors
+            ]
+            if not any(hints):
+                raise
+            details = [
+                InitErrorDetails(type=hint or PydanticCustomError(e["type"], e["msg"]), loc=e["loc"], input=e["input"])
+                for e, hint in zip(errors, hints, strict=True)
+            ]
+            raise ValidationError.from_exception_data(error.title, details) from None
+
+    return WrapValidator(validate)
 
 
 def _measurement(lower: float, upper: float, unit: str, what: str, other_unit: tuple[str, float]) -> Any:

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-TRAIN_HINT = "train one (python train.py) and call reload"
+TRAIN_HINT = "train one (uv run python train.py, with the server's BENTOML_HOME) and call reload"
 
 
 class ServingError(Exception):

@@ -1,0 +1,242 @@
+"""`penguins`: one command for the model store's life cycle (`train.py` stays the training entry).
+
+    penguins models                     # every version: served, rejected (the gate's reason), skipped (why), predictor
+    penguins prune --keep 3             # dry run: what would go (never the served version); --yes deletes it
+    penguins repository status          # the S3 model repository (PENGUINS_MODEL_REPOSITORY): status, publish, pull
+    penguins db ingest | clean          # the SQL tables the pipeline trains from
+    penguins pipeline [STEP ...]        # the retraining pipeline's steps (ingest clean train gate reload), in order
+    penguins bootstrap                  # the compose stack's one-shot trainer: train if empty, then reload the API
+
+Every subcommand has --help. The store is $BENTOML_HOME/models (default ~/bentoml/models), or --store HOME's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
+
+# Subcommands whose module has a command line of its own: everything after the name goes to its main.
+PASSED_ON = {
+    "repository": (
+        "penguins.repository",
+        "the S3 model repository: status, publish, pull (python -m penguins.repository)",
+    ),
+    "db": ("penguins.db", "the SQL tables: ingest raw rows, clean them (python -m penguins.db)"),
+}
+PIPELINE_STEPS = ("ingest", "clean", "train", "gate", "reload")
+EXIT_REJECTED = 3  # as train.py's: the promotion gate rejected a model (saved, not served)
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
+        prog="penguins", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    models = commands.add_parser(
+        "models",
+        help="every version in the store: served, rejected, skipped, with its predictor",
+        description="Every version of every penguin model in the store, newest first per name: served, rejected by "
+        "the promotion gate (with its reason), not served (which version is), skipped or failed (why), and the "
+        "predictor it is served with (onnx, or sklearn and why not ONNX: the model's compiled.reason).",
+    )
+    _store_option(models)
+    models.add_argument("--json", action="store_true", help="print the versions as JSON instead of a table")
+
+    prune = commands.add_parser(
+        "prune",
+        help="delete all but the newest versions (dry run unless --yes)",
+        description="Per model name, delete every version but the --keep newest. Never the served version, nor the "
+        "one BentoML's `latest` names. A dry run by default: it lists what would go and deletes nothing until run "
+        "with --yes. With a model repository (PENGUINS_MODEL_REPOSITORY) the same rule prunes it too (never its "
+        "newest version not rejected, the one every replica's pull serves).",
+    )
+    prune.add_argument("--keep", type=int, required=True, metavar="N", help="how many newest versions to keep per name")
+    prune.add_argument("--yes", action="store_true", help="delete for real (without it: a dry run)")
+    prune.add_argument(
+        "--local-only", action="store_true", help="leave the model repository alone even when one is configured"
+    )
+    _store_option(prune)
+
+    for name, (_, summary) in PASSED_ON.items():
+        commands.add_parser(name, help=summary, add_help=False)
+
+    pipeline = commands.add_parser(
+        "pipeline",
+        help="run the retraining pipeline's steps (what the Airflow DAG runs)",
+        description="Run steps of the retraining pipeline (penguins.pipeline) in order, each printing its JSON "
+        "report; `gate` takes the report of the `train` run before it. Settings come from PENGUINS_* variables "
+        "(PENGUINS_DATABASE_URL, PENGUINS_MODELS, PENGUINS_TOLERANCE, PENGUINS_API_URL, ...); the store is "
+        "$BENTOML_HOME's. Default: every step. Exits 3 when the gate rejected a model (as train.py does), 2 on a "
+        "bad step list.",
+    )
+    pipeline.add_argument(
+        "steps",
+        nargs="*",
+        metavar="STEP",
+        help=f"steps to run, in this order: {' '.join(PIPELINE_STEPS)} (gate needs train before it)",
+    )
+
+    bootstrap_module = __import__("penguins.bootstrap", fromlist=["__doc__"])
+    commands.add_parser(
+        "bootstrap",
+        help="the compose stack's one-shot trainer: train when the store is empty, then reload the API",
+        description=bootstrap_module.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    return top
+
+
+def _store_option(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--store", type=Path, metavar="HOME", help="the BentoML home to read (default: $BENTOML_HOME, else ~/bentoml)"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in PASSED_ON:  # its own parser, its own --help
+        module = __import__(PASSED_ON[argv[0]][0], fromlist=["main"])
+        return module.main(argv[1:])
+    args = parser().parse_args(argv)
+    if getattr(args, "store", None):  # BentoML reads BENTOML_HOME once, when it is first imported
+        os.environ["BENTOML_HOME"] = str(args.store.resolve())
+    run: dict[str, Callable[[argparse.Namespace], int]] = {
+        "models": models,
+        "prune": prune,
+        "pipeline": pipeline,
+        "bootstrap": lambda _: __import__("penguins.bootstrap", fromlist=["main"]).main(),
+    }
+    return run[args.command](args)
+
+
+def _console():
+    from rich.console import Console
+
+    # Piped: 200 columns unless COLUMNS says otherwise (rich reads it).
+    return Console(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 200)
+
+
+def models(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from penguins.lifecycle import inventory
+    from penguins.store import default_store_dir
+
+    store = default_store_dir()
+    versions = inventory(store)
+    if args.json:
+        print(json.dumps([_plain(v) for v in versions], indent=2))
+        return 0
+    console = _console()
+    if not versions:
+        from penguins.startup import train_command
+
+        console.print(f"no penguin model in {store}: train one with `{train_command(store)}`", soft_wrap=True)
+        return 0
+    table = Table(title=f"penguin models in {store}")
+    for column in ("tag", "status", "why", "predictor", "why not ONNX", "test accuracy", "created"):
+        table.add_column(column, overflow="fold")
+    styles = {"served": "green", "rejected": "red", "failed": "red", "skipped": "yellow"}
+    for v in versions:
+        accuracy = "" if v.test_accuracy is None else f"{v.test_accuracy:.3f}"
+        status = f"[{styles.get(v.status, 'default')}]{v.status}[/]" + (" (latest)" if v.latest else "")
+        table.add_row(v.tag or v.name, status, v.why, v.predictor, v.not_onnx, accuracy, v.created)
+    console.print(table)
+    return 0
+
+
+def prune(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from penguins import repository as repositories
+    from penguins.lifecycle import STORE, delete_local, delete_remote, inventory, plan_repository, plan_store
+    from penguins.store import default_store_dir
+
+    if args.keep < 0:
+        print("penguins prune: error: --keep must be 0 or more", file=sys.stderr)
+        return 2
+    store = default_store_dir()
+    versions = inventory(store)
+    paths = {v.tag: v.path for v in versions if v.path is not None}
+    planned = plan_store(versions, args.keep)
+    repository = None if args.local_only else repositories.configured()
+    if repository is not None:
+        try:
+            planned += plan_repository(repository, args.keep)
+        except repositories.RepositoryError as error:
+            print(f"penguins prune: error: {error}", file=sys.stderr)
+            return 1
+    console = _console()
+    doomed = [p for p in planned if p.delete]
+    where = f"{store}" + (f" and {repository.url}" if repository is not None else "")
+    table = Table(title=f"prune --keep {args.keep}: {where}" + ("" if args.yes else " (dry run)"))
+    for column in ("where", "tag", "status", "action", "why"):
+        table.add_column(column, overflow="fold")
+    for p in planned:
+        action = ("[red]delete[/]" if args.yes else "[red]would delete[/]") if p.delete else "keep"
+        table.add_row(p.where, p.tag, p.status, action, p.why)
+    console.print(table)
+    if not doomed:
+        console.print("nothing to prune")
+        return 0
+    if not args.yes:
+        what = "this version" if len(doomed) == 1 else f"these {len(doomed)} versions"
+        console.print(f"dry run: nothing deleted; run again with --yes to delete {what}")
+        return 0
+    failed = 0
+    for p in doomed:
+        try:
+            if p.where == STORE:
+                delete_local(paths[p.tag])
+            else:
+                delete_remote(repository, p.tag)
+            console.print(f"deleted {p.tag} from the {p.where}")
+        except (OSError, repositories.RepositoryError) as error:
+            failed += 1
+            console.print(f"[red]could not delete {p.tag} from the {p.where}: {error}[/]")
+    return 1 if failed else 0
+
+
+def pipeline(args: argparse.Namespace) -> int:
+    from penguins import pipeline as steps
+
+    chosen = args.steps or list(PIPELINE_STEPS)
+    unknown = [s for s in chosen if s not in PIPELINE_STEPS]
+    if unknown:
+        print(
+            f"penguins pipeline: error: unknown steps {unknown}; choose from {' '.join(PIPELINE_STEPS)}",
+            file=sys.stderr,
+        )
+        return 2
+    order = [s for s in PIPELINE_STEPS if s in chosen]
+    if "gate" in order and "train" not in order:
+        print("penguins pipeline: error: gate takes the report of a train step run before it", file=sys.stderr)
+        return 2
+    trained, status = None, 0
+    for step in order:
+        report = steps.gate(trained) if step == "gate" else getattr(steps, step)()
+        if step == "train":
+            trained = report
+        print(json.dumps({step: report}, indent=2), flush=True)
+        if step == "gate" and report.get("rejected"):  # the next steps still run: reload serves what was promoted
+            rejected = ", ".join(report["rejected"])
+            print(f"rejected by the promotion gate, saved but not served: {rejected}", file=sys.stderr)
+            status = EXIT_REJECTED  # train.py's status for the same outcome
+    return status
+
+
+def _plain(version) -> dict:
+    from dataclasses import asdict
+
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(version).items()}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

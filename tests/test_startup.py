@@ -1,0 +1,39 @@
+"""The server's start-up line: the store it reads, how many models it serves, and when none the exact command that
+trains one into that store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from penguins.errors import TRAIN_HINT
+from penguins.startup import startup_line, train_command
+from penguins.store import STORE_FAILURE, Failure, RejectedVersion, Snapshot, StoredModel, scan
+
+
+def test_an_empty_store_gets_the_command_with_its_bentoml_home(tmp_path):
+    store = tmp_path / "my home" / "models"
+    line = startup_line(store, Snapshot())
+    assert f"model store {store}" in line and "serving no model" in line
+    assert f"`BENTOML_HOME='{tmp_path / 'my home'}' uv run python train.py`" in line
+    assert train_command(store) == f"BENTOML_HOME='{tmp_path / 'my home'}' uv run python train.py"
+
+
+def test_a_store_with_models_says_how_many_and_which(store):
+    line = startup_line(store, scan(store))
+    assert line.startswith(f"serving 5 models from the model store {store}: penguins-gradient-boosting, ")
+    assert "train.py" not in line
+    one = StoredModel("penguins-knn", "penguins-knn:abc", "knn", store / "penguins-knn" / "abc")
+    assert startup_line(store, [one]).startswith("serving 1 model from")
+
+
+def test_what_is_held_but_not_served_is_named():
+    rejected = RejectedVersion("penguins-svm", "penguins-svm:x", "svm", {}, "2026-01-01T00:00:00")
+    broken = Failure(STORE_FAILURE, "cannot read the model store /s (PermissionError: denied)")
+    line = startup_line(Path("/s/models"), Snapshot(rejected=(rejected,), failures=(broken,)))
+    assert "held but not served: penguins-svm (GET /models says why)" in line
+    assert "cannot read the model store /s (PermissionError: denied)" in line
+    assert "BENTOML_HOME=/s uv run python train.py" in line
+
+
+def test_the_503s_hint_is_the_projects_command():
+    assert "uv run python train.py" in TRAIN_HINT and "BENTOML_HOME" in TRAIN_HINT
