@@ -38,8 +38,10 @@ from penguins.serving import (
     server_config,
 )
 from penguins.settings import get_settings
+from penguins.startup import startup_line
 
 settings = get_settings()
+logger = logging.getLogger("penguins")
 
 Neighbours = Annotated[int, Field(ge=1, le=MAX_NEIGHBOURS, description="How many nearest training penguins to return")]
 
@@ -65,10 +67,10 @@ class PenguinClassifier:
             connections=(settings.header_timeout_s, settings.body_timeout_s, settings.max_connections),
         )
         quiet_client_errors()
-        logging.getLogger("penguins").setLevel(logging.INFO)  # what it serves and why, in the server's log
+        logger.setLevel(logging.INFO)  # what it serves and why, in the server's log (every penguins.* logger)
         sys.setswitchinterval(settings.switch_interval_ms / 1000)
         self.registry = get_registry()
-        self.registry.sync()
+        logger.info("worker %s: %s", worker_index(), startup_line(self.registry.store_dir, self.registry.sync()))
         # Without traffic too, each worker follows reloads signalled elsewhere (docs/replicas.md).
         self.registry.start(settings.sync_interval_seconds)
         self.reloads = Coalesced(self._reload_now, on_run=reloads_counter().inc)

@@ -3,11 +3,15 @@ trains one into that store."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
+
+import pytest
 
 from penguins.errors import TRAIN_HINT
 from penguins.startup import startup_line, train_command
 from penguins.store import STORE_FAILURE, Failure, RejectedVersion, Snapshot, StoredModel, scan
+from penguins.testing import serve
 
 
 def test_an_empty_store_gets_the_command_with_its_bentoml_home(tmp_path):
@@ -37,3 +41,18 @@ def test_what_is_held_but_not_served_is_named():
 
 def test_the_503s_hint_is_the_projects_command():
     assert "uv run python train.py" in TRAIN_HINT and "BENTOML_HOME" in TRAIN_HINT
+
+
+@pytest.mark.integration
+def test_a_real_server_says_where_it_stands_in_every_worker(tmp_path, store_dir):
+    empty, full = tmp_path / "empty", tmp_path / "full"
+    shutil.copytree(store_dir, full / "models")
+    with serve(empty, tmp_path / "empty.log", PENGUINS_WORKERS="2"):
+        pass
+    with serve(full, tmp_path / "full.log"):
+        pass
+    lines = [line for line in (tmp_path / "empty.log").read_text().splitlines() if "serving no model" in line]
+    assert len(lines) == 2, lines  # one per worker
+    assert all(f"BENTOML_HOME={empty} uv run python train.py" in line for line in lines)
+    (line,) = [line for line in (tmp_path / "full.log").read_text().splitlines() if "serving 5 models" in line]
+    assert f"model store {full / 'models'}" in line

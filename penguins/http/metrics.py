@@ -33,7 +33,7 @@ class _Series:
 
     def __init__(self) -> None:
         self.requests = prometheus_client.Counter(
-            "penguins_http_requests", "HTTP requests answered", ["endpoint", "method", "http_response_code"]
+            "penguins_http_requests", "HTTP requests answered", ["endpoint", "http_response_code"]
         )
         self.duration = prometheus_client.Histogram(
             "penguins_http_request_duration_seconds", "Time to answer an HTTP request", ["endpoint"], buckets=BUCKETS
@@ -75,7 +75,7 @@ class Metrics:
         endpoint = route or UNMATCHED_PATH
         series = _series()
         in_progress = series.child(series.in_progress, endpoint)
-        status = 500  # what a failure before any answer counts as
+        status: int | None = None  # None: no answer started (the client left before one)
 
         async def counted(message: dict[str, Any]) -> None:
             nonlocal status
@@ -87,10 +87,15 @@ class Metrics:
         in_progress.inc()
         try:
             await self.app(scope, receive, counted)
+        except Exception:
+            status = status or 500  # Starlette's outermost error middleware answers it 500
+            raise
         finally:
             in_progress.dec()
-            series.child(series.duration, endpoint).observe(time.perf_counter() - started)
-            series.child(series.requests, endpoint, scope["method"], str(status)).inc()
+            if status is not None:
+                series.child(series.duration, endpoint).observe(time.perf_counter() - started)
+                # No method label: the method is the client's to choose, and every label value is a series.
+                series.child(series.requests, endpoint, str(status)).inc()
 
 
 def _latest() -> bytes:
