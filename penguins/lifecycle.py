@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from penguins.adapter.layout import read_latest
+
 SERVED = "served"
 REJECTED = "rejected"
 NOT_SERVED = "not served"
@@ -88,7 +90,6 @@ def _version(model: Any, folder: Path, served: dict[str, str]) -> Version:
     onnx = compiled.get("format") == "onnx"
     not_onnx = "" if onnx else str(compiled.get("reason") or "saved without an ONNX form")
     accuracy = metadata.get("test_accuracy")
-    latest = folder.parent / "latest"
     return Version(
         name,
         tag,
@@ -98,7 +99,7 @@ def _version(model: Any, folder: Path, served: dict[str, str]) -> Version:
         "onnx" if onnx else "sklearn",
         not_onnx,
         float(accuracy) if isinstance(accuracy, int | float) else None,
-        latest.is_file() and latest.read_text().strip() == folder.name,
+        read_latest(folder.parent) == folder.name,
         folder,
     )
 

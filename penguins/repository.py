@@ -43,6 +43,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from penguins.adapter.layout import read_latest, write_latest
+
 logger = logging.getLogger(__name__)
 
 ARCHIVE = ".bentomodel"  # BentoML's export format: an xz tar of the model folder
@@ -438,16 +440,13 @@ def _update_latest(name_dir: Path, version: str, created: datetime) -> None:
     """BentoML's rule: `latest` names the newest version by creation time. Written by rename, never half."""
     from bentoml import Model
 
-    latest = name_dir / "latest"
     try:
-        current = latest.read_text().strip()
+        current = read_latest(name_dir)
         if current and current != version and Model.from_path(name_dir / current).info.creation_time > created:
             return
     except Exception:
         pass  # no or an unusable `latest`: this version becomes it
-    temporary = name_dir / f".latest.{uuid.uuid4().hex}"
-    temporary.write_text(version)
-    os.replace(temporary, latest)
+    write_latest(name_dir, version)
 
 
 @contextlib.contextmanager

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from penguins.adapter.layout import LATEST, read_latest
 from penguins.contract import Penguin, Prediction
 from penguins.errors import NoModelLoaded, NotExplainable, ServingError, UnknownModel
 from penguins.explain import CUSTOM_OBJECT as EXPLAIN_OBJECT
@@ -317,9 +318,8 @@ def local_versions(store_dir: Path) -> Iterator[tuple[str, Path]]:
 
 def _latest_version(model_dir: Path) -> str:
     """The version BentoML calls latest; BentoML writes the `latest` file only after a save completed."""
-    latest = model_dir / "latest"
-    if latest.is_file():
-        version = latest.read_text().strip()
+    version = read_latest(model_dir) if (model_dir / LATEST).is_file() else None
+    if version is not None:
         # A version is one folder inside its own model's folder: never a path to another model's.
         if _VERSION.fullmatch(version) and (model_dir / version).is_dir() and not (model_dir / version).is_symlink():
             return version

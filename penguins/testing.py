@@ -17,6 +17,8 @@ from pathlib import Path
 import httpx
 import psutil
 
+from penguins.adapter.layout import read_latest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # Every process a test starts carries these in its environment, and so do its descendants: BentoML's workers run in
@@ -189,7 +191,7 @@ def version_dir(store: Path, algorithm: str) -> Path:
     from penguins.store import model_name
 
     name_dir = store / model_name(algorithm)
-    return name_dir / (name_dir / "latest").read_text().strip()
+    return name_dir / str(read_latest(name_dir))
 
 
 def read_prediction_log(directory: Path):

@@ -1,13 +1,14 @@
 """The one place that touches BentoML's internals (`bentoml._internal`, `_bentoml_impl`, `_bentoml_sdk`) and
 uvicorn's: one module per area, each fix declared beside its code with the shape it checks (`guard`). Run in each
-worker, never at import. docs/upstream.md has, per fix, the smallest change to BentoML that would retire it.
+worker, never at import. docs/upstream.md has, per fix, the smallest change to BentoML or uvicorn that would retire it.
 
 - `routes`: per-model APIs in the running app (`serve_apis`), the service's own API callers bound once (`bind_once`);
 - `batching`: requests never split across batches, the learned batching wait capped;
 - `answers`: big bodies validated off the event loop (what was validated kept for the log), answers sent as built;
 - `timers`: BentoML's request timeout timer cancelled once answered;
 - `uvicorn`: drain on SIGTERM, header/body timeouts and a connection cap;
-- `sockets`: a listening socket per worker.
+- `sockets`: a listening socket per worker;
+- `layout`: the model store's folders and `latest` file, read and written as BentoML does (a reliance, no patch).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from penguins.adapter.answers import (
 )
 from penguins.adapter.batching import bound_batch_wait, keep_requests_whole
 from penguins.adapter.guard import FIXES, AdapterStatus, fits, misfit, status, untested_versions
+from penguins.adapter.layout import read_latest, write_latest
 from penguins.adapter.routes import bind_once, serve_apis
 from penguins.adapter.sockets import spread_connections
 from penguins.adapter.timers import release_request_timers
@@ -39,9 +41,11 @@ __all__ = [
     "bind_once",
     "fits",
     "misfit",
+    "read_latest",
     "serve_apis",
     "spread_connections",
     "status",
+    "write_latest",
 ]
 
 logger = logging.getLogger("penguins.adapter")
@@ -71,7 +75,7 @@ def apply(
     off = [f"{f.name} ({f.why_off})" for f in report.fixes if not f.on]
     versions = ", ".join(f"{d} {v}" for d, v in report.versions.items())
     logger.info(
-        "BentoML workarounds on %s: %d of %d%s",
+        "Workarounds (BentoML, uvicorn) on %s: %d of %d%s",
         versions,
         len(report.fixes) - len(off),
         len(report.fixes),

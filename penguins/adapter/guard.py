@@ -14,7 +14,8 @@ import functools
 import importlib
 import inspect
 import logging
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -82,14 +83,17 @@ class Fix:
     targets: tuple[Target, ...]
     upstream: str  # the upstream issue, or where the proposal that would retire it is (docs/upstream.md)
     what: str  # one line: what it fixes
+    patch: bool = True  # False: a reliance on internals it reads, not a replacement (counted apart from the patches)
+    # Checks of what the targets answer, beyond their shape: each returns why it does not fit, or None.
+    behaviour: list[Callable[[], str | None]] = field(default_factory=list)
 
 
 FIXES: dict[str, Fix] = {}
 
 
-def fix(name: str, distribution: str, targets: list[Target], upstream: str, what: str) -> Fix:
+def fix(name: str, distribution: str, targets: list[Target], upstream: str, what: str, patch: bool = True) -> Fix:
     """Declare a fix beside its code (each module of the adapter declares its own)."""
-    FIXES[name] = Fix(name, distribution, tuple(targets), upstream, what)
+    FIXES[name] = Fix(name, distribution, tuple(targets), upstream, what, patch)
     return FIXES[name]
 
 
@@ -106,6 +110,10 @@ def misfit(name: str) -> str | None:
         problem = target.misfit()
         if problem is not None:
             return problem
+    for check in FIXES[name].behaviour:
+        problem = check()
+        if problem is not None:
+            return problem
     return None
 
 
@@ -113,7 +121,7 @@ def misfit(name: str) -> str | None:
 def fits(name: str) -> bool:
     problem = misfit(name)
     if problem is not None:
-        logger.warning("BentoML workaround %s stays off: %s (%s)", name, problem, _versions())
+        logger.warning("Workaround %s stays off: %s (%s)", name, problem, _versions())
     return problem is None
 
 
@@ -127,7 +135,7 @@ def untested_versions() -> dict[str, str]:
     outside = {d: installed(d) for d, tested in TESTED.items() if installed(d) not in tested}
     if outside:
         logger.warning(
-            "BentoML workarounds: %s not among the tested %s; each fix is on where its target's shape fits",
+            "Workarounds: %s not among the tested %s; each fix is on where its target's shape fits",
             ", ".join(f"{d} {v}" for d, v in outside.items()),
             "; ".join(f"{d} {', '.join(v)}" for d, v in TESTED.items()),
         )
@@ -137,6 +145,7 @@ def untested_versions() -> dict[str, str]:
 class FixStatus(BaseModel):
     name: str
     on: bool
+    patch: bool = Field(description="A replacement of library code; false: internals only read (the store layout)")
     why_off: str | None = Field(description="What no longer has the shape the fix was written for")
     upstream: str
     what: str
@@ -155,7 +164,9 @@ def status() -> AdapterStatus:
         tested={d: list(v) for d, v in TESTED.items()},
         untested=bool(untested_versions()),
         fixes=[
-            FixStatus(name=f.name, on=fits(f.name), why_off=misfit(f.name), upstream=f.upstream, what=f.what)
+            FixStatus(
+                name=f.name, on=fits(f.name), patch=f.patch, why_off=misfit(f.name), upstream=f.upstream, what=f.what
+            )
             for f in FIXES.values()
         ],
     )
