@@ -151,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from penguins.data import BUNDLED_SOURCE, load_penguins
     from penguins.gate import save_gated
-    from penguins.store import check_model_name, default_store_dir, scan
+    from penguins.names import check_model_name, default_store_dir
+    from penguins.scan import scan
     from penguins.training import EstimatorError, train
 
     def refuse(error: ValueError) -> NoReturn:

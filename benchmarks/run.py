@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 import httpx  # noqa: E402
 
 from penguins.contract import EXAMPLE_PENGUIN  # noqa: E402
-from penguins.store import endpoint_name, model_name  # noqa: E402
+from penguins.names import endpoint_name, model_name  # noqa: E402
 from penguins.testing import free_port, run_train, running, serve  # noqa: E402
 
 MODELS = ("random-forest", "logistic-regression")
@@ -101,7 +101,9 @@ def in_process(home: Path) -> dict:
 import json, time, statistics, numpy as np
 from penguins.data import load_penguins
 from penguins.predict import SklearnPredictor, columns_from_frame
-from penguins.store import Registry, load, scan, default_store_dir
+from penguins.store import Registry, load
+from penguins.scan import scan
+from penguins.names import default_store_dir
 frame = load_penguins()
 big = columns_from_frame(frame.sample(n={BULK_ROWS}, replace=True, random_state=0))
 one = columns_from_frame(frame.head(1))

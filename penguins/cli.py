@@ -127,7 +127,7 @@ def models(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from penguins.lifecycle import inventory
-    from penguins.store import default_store_dir
+    from penguins.names import default_store_dir
 
     store = default_store_dir()
     versions = inventory(store)
@@ -157,7 +157,7 @@ def prune(args: argparse.Namespace) -> int:
 
     from penguins import repository as repositories
     from penguins.lifecycle import STORE, delete_local, delete_remote, inventory, plan_repository, plan_store
-    from penguins.store import default_store_dir
+    from penguins.names import default_store_dir
 
     if args.keep < 0:
         print("penguins prune: error: --keep must be 0 or more", file=sys.stderr)

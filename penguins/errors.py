@@ -77,3 +77,8 @@ def answers_errors(endpoint: F) -> F:
             return error.response()
 
     return wrapper  # type: ignore[return-value]
+
+
+def reason(error: BaseException) -> str:
+    """An exception in one line for a report: its type and message."""
+    return f"{type(error).__name__}: {error}"

@@ -1,7 +1,7 @@
 """The promotion gate: a newly trained version is served only if its held-out score is not worse than the served
 version's by more than a tolerance. Decided BEFORE saving, because the decision is a label (`status=promoted` or
 `status=rejected`) and BentoML sets labels at save time. A rejected version stays in the store (listed by the
-service as rejected); `store.scan` skips it, so the service keeps the version it had.
+service as rejected); `scan.scan` skips it, so the service keeps the version it had.
 """
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from penguins.store import REJECTED, STATUS_LABEL, StoredModel, default_store_dir, scan
+from penguins.names import REJECTED, STATUS_LABEL, default_store_dir
+from penguins.scan import StoredModel, scan
 
 PROMOTED = "promoted"
 DEFAULT_TOLERANCE = 0.01
@@ -41,7 +42,7 @@ class Decision:
 
 
 def served_version(name: str, store_dir: Path | None = None) -> StoredModel | None:
-    """The version of `name` the service serves (after its next reload), as `store.scan` chooses it."""
+    """The version of `name` the service serves (after its next reload), as `scan.scan` chooses it."""
     stored, _ = scan(store_dir or default_store_dir())
     return next((m for m in stored if m.name == name), None)
 

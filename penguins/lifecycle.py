@@ -57,7 +57,7 @@ def inventory(store_dir: Path) -> list[Version]:
     the service skips and the ones it cannot read."""
     from bentoml import Model
 
-    from penguins.store import local_versions, scan_with_rejected
+    from penguins.scan import local_versions, scan_with_rejected
 
     stored, failures, _, skipped = scan_with_rejected(store_dir)
     served = {m.name: m.tag for m in stored}
@@ -130,8 +130,8 @@ def plan_store(versions: list[Version], keep: int) -> list[Planned]:
 def plan_repository(repository: Any, keep: int) -> list[Planned]:
     """The same rule over what the model repository holds: per name the `keep` newest, and the newest version not
     rejected (what every replica's pull serves)."""
-    from penguins.store import REJECTED as REJECTED_LABEL
-    from penguins.store import STATUS_LABEL
+    from penguins.names import REJECTED as REJECTED_LABEL
+    from penguins.names import STATUS_LABEL
 
     found, _, _ = repository.manifests()  # newest first
     planned: list[Planned] = []

@@ -69,7 +69,7 @@ def train(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train every algorithm on the clean table; leave the candidates in the staging folder for `gate`."""
     from penguins.data import fingerprint
     from penguins.db import clean_source, load_clean
-    from penguins.store import default_store_dir
+    from penguins.names import default_store_dir
     from penguins.training import ALGORITHMS
     from penguins.training import train as fit
 

@@ -56,7 +56,7 @@ FORMAT = "bentomodel/1"
 PULL_LOCK = ".penguins-pull.lock"
 # Where a pulled version is unpacked before it is renamed into place: a folder in the store's root (the same file
 # system, so the rename is atomic) named like a model without versions, which BentoML lists as nothing and
-# store.scan skips (not this project's prefix).
+# scan.scan skips (not this project's prefix).
 UNPACKING = "penguins.pulling-"
 # Archives up to this size go up in one PUT whose SHA-256 the server checks; larger ones in verified parts.
 SINGLE_PUT_BYTES = 64 * 1024 * 1024
@@ -320,7 +320,7 @@ class Repository:
         newest version whose status is not rejected, and any newer (rejected) ones, so the gate's decisions and
         BentoML's `latest` are the same here as where they were made. A version that fails verification is
         reported and skipped, so the next older one is fetched instead. One puller at a time per store."""
-        from penguins.store import REJECTED, STATUS_LABEL
+        from penguins.names import REJECTED, STATUS_LABEL
 
         result = PullResult()
         found, result.incomplete, broken = self.manifests()
@@ -535,7 +535,7 @@ def publish(tag: str, store_dir: Path | None = None) -> Manifest | None:
     repository = configured()
     if repository is None:
         return None
-    from penguins.store import default_store_dir
+    from penguins.names import default_store_dir
 
     name, _, version = tag.partition(":")
     path = (store_dir or default_store_dir()) / name / version
@@ -553,7 +553,8 @@ def publish_missing(store_dir: Path | None = None) -> list[Manifest]:
     repository = configured()
     if repository is None:
         return []
-    from penguins.store import default_store_dir, local_versions
+    from penguins.names import default_store_dir
+    from penguins.scan import local_versions
 
     listed, _ = repository.listing()
     local = local_versions(store_dir or default_store_dir())
@@ -566,7 +567,7 @@ def pull(store_dir: Path | None = None) -> PullResult | None:
     repository = configured()
     if repository is None:
         return None
-    from penguins.store import default_store_dir
+    from penguins.names import default_store_dir
 
     return repository.pull(store_dir or default_store_dir())
 
@@ -587,7 +588,7 @@ def main(argv: list[str] | None = None) -> int:
     repository = configured()
     if repository is None:
         parser.error("PENGUINS_MODEL_REPOSITORY is not set")
-    from penguins.store import default_store_dir
+    from penguins.names import default_store_dir
 
     store = default_store_dir()
     try:

@@ -12,8 +12,9 @@ from typing import Any
 
 from penguins import adapter
 from penguins.http.hints import strict_input
+from penguins.names import MODEL_PREFIX, endpoint_name, route_of
 from penguins.settings import Settings
-from penguins.store import MODEL_PREFIX, Snapshot, endpoint_name, route_of
+from penguins.store import Snapshot
 
 
 def typed_api(name: str, settings: Settings) -> Any:

@@ -18,22 +18,20 @@ from penguins import adapter
 from penguins.adapter import VALIDATED, VALIDATED_JSON
 from penguins.contract import Prediction, penguins_field
 from penguins.errors import ServingError
+from penguins.names import default_store_dir, route_of
 from penguins.predlog import PredictionLog, worker_index
 from penguins.routes import ModelRoutes
+from penguins.scan import Failure, Skipped
 from penguins.settings import Settings, get_settings
 from penguins.store import (
     Change,
-    Failure,
     LoadedModel,
     Registry,
     ReplicaStatus,
     RepositoryStatus,
     Signal,
-    Skipped,
     Snapshot,
-    default_store_dir,
     replica_name,
-    route_of,
 )
 
 logger = logging.getLogger(__name__)
@@ -408,7 +406,7 @@ class Gateway:
         await self.app(scope, receive, send)
 
 
-# Every per-model route starts so (store.endpoint_name).
+# Every per-model route starts so (names.endpoint_name).
 MODEL_ROUTE_PREFIX = "/classify_"
 
 

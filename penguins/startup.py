@@ -8,7 +8,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from penguins.store import MODEL_PREFIX, Failure, Snapshot, StoredModel
+from penguins.names import MODEL_PREFIX
+from penguins.scan import Failure, StoredModel
+from penguins.store import Snapshot
 
 
 def train_command(store_dir: Path) -> str:
@@ -17,7 +19,7 @@ def train_command(store_dir: Path) -> str:
 
 
 def startup_line(store_dir: Path, snapshot_or_listing: Snapshot | Sequence[Any]) -> str:
-    """One line for the start-up log. `snapshot_or_listing`: the registry's `Snapshot`, `store.scan`'s
+    """One line for the start-up log. `snapshot_or_listing`: the registry's `Snapshot`, `scan.scan`'s
     `(stored, failures)`, or a list of `StoredModel`s."""
     names, unserved, problems = _served_and_not(snapshot_or_listing)
     where = f"model store {Path(store_dir).absolute()}"

@@ -11,329 +11,28 @@ import socket
 import tempfile
 import threading
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from penguins.adapter.layout import LATEST, read_latest
 from penguins.contract import Penguin, Prediction
-from penguins.errors import NoModelLoaded, NotExplainable, ServingError, UnknownModel
+from penguins.errors import NoModelLoaded, NotExplainable, ServingError, UnknownModel, reason
 from penguins.explain import CUSTOM_OBJECT as EXPLAIN_OBJECT
 from penguins.explain import Explainer, Explanation
+from penguins.names import MODEL_PREFIX, route_of
 from penguins.predict import OnnxPredictor, Predictor, SklearnPredictor, columns_of
 from penguins.repository import Repository, RepositoryError
+from penguins.scan import STORE_FAILURE, Failure, RejectedVersion, Skipped, StoredModel, scan_with_rejected
 
 logger = logging.getLogger(__name__)
 
-PROJECT = "palmer-penguins"
-MODEL_PREFIX = "penguins-"
 # The reload signal: a file in the store itself, so every worker, process and container that serves the store sees
 # it. A dot-file: BentoML's own listing of the store looks at folders only.
 RELOAD_SIGNAL = ".penguins-reload"
-# Label set at save time by the promotion gate (penguins.gate): a version labelled rejected is kept, never served.
-STATUS_LABEL = "status"
-REJECTED = "rejected"
-
-
-def model_name(algorithm: str) -> str:
-    return f"{MODEL_PREFIX}{algorithm}"
-
-
-def labels_for(algorithm: str) -> dict[str, str]:
-    """Labels that tell this project's models from anything else in a user's store."""
-    return {"project": PROJECT, "algorithm": algorithm}
-
-
-def endpoint_name(algorithm: str) -> str:
-    """`random-forest` -> `classify_random_forest`: a Python identifier, so the client can call it."""
-    return "classify_" + re.sub(r"\W", "_", algorithm)
-
-
-MAX_NAME_LENGTH = 40
-_NAME = re.compile(r"[a-z][a-z0-9]*(-[a-z0-9]+)*")
-
-
-def check_model_name(name: str) -> str:
-    """The one rule for a servable name (the part after `penguins-`); returns it, or raises ValueError saying why."""
-    if not isinstance(name, str) or not _NAME.fullmatch(name) or len(name) > MAX_NAME_LENGTH:
-        raise ValueError(
-            f"invalid model name {name!r}: use lowercase letters and digits in words joined by single hyphens, "
-            f"starting with a letter, at most {MAX_NAME_LENGTH} characters (e.g. extra-trees)"
-        )
-    return name
-
-
-def route_of(name: str) -> str:
-    """A stored model's own route, from its model name alone (never from a label someone else may have written)."""
-    return "/" + endpoint_name(name.removeprefix(MODEL_PREFIX))
-
-
-def default_store_dir() -> Path:
-    """BentoML's own model store: $BENTOML_HOME/models, read as BentoML documents it (BENTOML_HOME, default
-    ~/bentoml)."""
-    return Path(os.environ.get("BENTOML_HOME", os.path.join(os.path.expanduser("~"), "bentoml"))) / "models"
-
-
-STORE_FAILURE = "model store"
-REPOSITORY_FAILURE = "model repository"
-
-
-@dataclass(frozen=True)
-class Failure:
-    name: str
-    reason: str
-    tag: str | None = None
-
-
-@dataclass(frozen=True)
-class StoredModel:
-    """A penguin model's newest version in the store, read from its model.yaml, not loaded yet."""
-
-    name: str
-    tag: str
-    algorithm: str
-    path: Path
-
-
-@dataclass(frozen=True)
-class Skipped:
-    """A penguin-named model that is not served, why, and the one call that would serve it."""
-
-    name: str
-    tag: str | None
-    reason: str
-    fix: str
-
-
-@dataclass(frozen=True)
-class RejectedVersion:
-    """A version the promotion gate kept out of service, with what it was judged on."""
-
-    name: str
-    tag: str
-    algorithm: str
-    metadata: dict[str, Any]
-    created: str
-
-
-def scan(store_dir: Path) -> tuple[list[StoredModel], list[Failure]]:
-    """Find this project's models without trusting the store to be clean.
-
-    BentoML's own `bentoml.models.list()` raises on the first odd entry (a half-written model, a
-    `.ipynb_checkpoints` or `lost+found` folder); here each entry stands alone. Folders that cannot be model names
-    are ignored; a model that cannot be read is reported as a failure.
-
-    Per model name, the version served is BentoML's `latest` unless it is labelled `status=rejected`; then it is the
-    newest complete version not labelled so (none: the name is not served).
-    """
-    found: list[StoredModel] = []
-    failures: list[Failure] = []
-    for entry in _readable_entries(store_dir, failures, []):
-        served = entry.served()
-        if served is not None:
-            found.append(entry.stored(served))
-    return found, failures
-
-
-def scan_with_rejected(
-    store_dir: Path,
-) -> tuple[list[StoredModel], list[Failure], list[RejectedVersion], list[Skipped]]:
-    """`scan`, plus every version labelled rejected (newest first per name), and the penguin-named models that are
-    not served (saved some other way, or under a name that cannot be a route)."""
-    found: list[StoredModel] = []
-    failures: list[Failure] = []
-    rejected: list[RejectedVersion] = []
-    skipped: list[Skipped] = []
-    for entry in _readable_entries(store_dir, failures, skipped):
-        served = entry.served()
-        if served is not None:
-            found.append(entry.stored(served))
-        rejected += [
-            RejectedVersion(
-                entry.name,
-                str(model.tag),
-                entry.algorithm,
-                dict(model.info.metadata),
-                model.info.creation_time.isoformat(timespec="seconds"),
-            )
-            for model in rejected_versions(entry.history)
-        ]
-    return found, failures, rejected, skipped
-
-
-def served_version(latest: tuple[str, Any], history: Callable[[], list[tuple[str, Any]]]) -> tuple[str, Any] | None:
-    """The gate's rule for what a model name serves: BentoML's `latest` unless the gate rejected it; then the newest
-    complete version of ours it did not reject, no newer than `latest` (a newer folder is a save still in
-    progress); None when there is none. `history`: every complete version, newest first (read only if needed)."""
-    version, model = latest
-    if not _is_rejected(model):
-        return latest
-    newest = model.info.creation_time
-    return next(
-        ((v, m) for v, m in history() if not _is_rejected(m) and _is_ours(m) and m.info.creation_time <= newest), None
-    )
-
-
-def rejected_versions(history: list[tuple[str, Any]]) -> list[Any]:
-    """The versions of ours the gate rejected, in `history`'s order (newest first)."""
-    return [model for _, model in history if _is_rejected(model) and _is_ours(model)]
-
-
-@dataclass(frozen=True)
-class _Entry:
-    """A model name in the store whose `latest` version is readable, ours and routable."""
-
-    name: str
-    path: Path
-    algorithm: str
-    latest: tuple[str, Any]  # (version folder, bentoml.Model)
-
-    @cached_property
-    def history(self) -> list[tuple[str, Any]]:
-        """Every complete version, newest first: read once, and only when a rule needs it."""
-        return _complete_versions(self.path)
-
-    def served(self) -> tuple[str, Any] | None:
-        return served_version(self.latest, lambda: self.history)
-
-    def stored(self, served: tuple[str, Any]) -> StoredModel:
-        version, model = served
-        return StoredModel(self.name, str(model.tag), self.algorithm, self.path / version)
-
-
-def _read_model(path: Path) -> Any:
-    """`bentoml.Model.from_path`, remembered while the version's model.yaml is the same file unchanged: BentoML parses
-    it with pure-Python YAML (tens of ms each), and every scan reads every name's `latest`, and sometimes all its
-    versions. The scan reads only `info`; load() reads the model afresh."""
-    from bentoml import Model
-
-    try:
-        stat = (path / "model.yaml").stat()
-    except OSError:
-        return Model.from_path(path)  # BentoML's own error for a version without one
-    return _parsed_model(path, (stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns))
-
-
-@lru_cache(maxsize=1024)
-def _parsed_model(path: Path, signature: tuple[int, ...]) -> Any:
-    """`signature` (the file's state) is only part of the cache key: a changed file is a new entry."""
-    from bentoml import Model
-
-    return Model.from_path(path)
-
-
-def _readable_entries(store_dir: Path, failures: list[Failure], skipped: list[Skipped]) -> Iterator[_Entry]:
-    """Each model name of ours in the store, its `latest` read once; the others reported into `failures` (our names
-    that cannot be read, or a store that cannot be) and `skipped` (penguin-named models that are not ours to serve)."""
-    try:
-        entries = sorted(store_dir.iterdir())
-    except FileNotFoundError:
-        return  # no store yet, or gone for now (the registry keeps what it loaded)
-    except OSError as error:  # permission denied, a stale mount: a failure, never "the store is empty"
-        failures.append(Failure(STORE_FAILURE, f"cannot read the model store {store_dir} ({_reason(error)})"))
-        return
-    for entry in entries:
-        name = entry.name
-        if name.startswith(".") or not re.fullmatch(r"[a-z0-9][a-z0-9._-]*", name):
-            continue
-        version = None
-        try:
-            if not entry.is_dir():
-                continue
-            version = _latest_version(entry)
-            model = _read_model(entry / version)
-            if model.tag.name != name:
-                raise ValueError(f"its folder holds a copy of {model.tag} (a version must be its own model's)")
-        except Exception as error:
-            if name.startswith(MODEL_PREFIX):  # only our own names are worth a report
-                failures.append(Failure(name, _reason(error), f"{name}:{version}" if version else None))
-            continue
-        if not _is_ours(model):
-            if name.startswith(MODEL_PREFIX):  # penguin-named: never ignored silently
-                skipped.append(_skipped_unlabelled(name, str(model.tag)))
-            continue
-        try:
-            check_model_name(name.removeprefix(MODEL_PREFIX))
-        except ValueError as error:
-            skipped.append(Skipped(name, str(model.tag), str(error), "save it again under a valid name"))
-            continue
-        algorithm = model.info.labels.get("algorithm") or name.removeprefix(MODEL_PREFIX)
-        yield _Entry(name, entry, algorithm, (version, model))
-
-
-def _skipped_unlabelled(name: str, tag: str) -> Skipped:
-    short = name.removeprefix(MODEL_PREFIX)
-    return Skipped(
-        name,
-        tag,
-        "saved without this project's labels (not through the promotion gate)",
-        f"penguins.training.train_and_save(pipeline_or_classifier, {short!r})",
-    )
-
-
-def _is_rejected(model: Any) -> bool:
-    return model.info.labels.get(STATUS_LABEL) == REJECTED
-
-
-def _is_ours(model: Any) -> bool:
-    return model.info.labels.get("project") == PROJECT
-
-
-def _complete_versions(model_dir: Path) -> list[tuple[str, Any]]:
-    """Every readable version under a model name, newest first. Unreadable ones are skipped: besides `latest`
-    (which BentoML writes only after a save completed), any version folder may be a save still in progress."""
-    versions = []
-    for path in model_dir.iterdir():
-        if path.name.startswith(".") or not path.is_dir() or path.is_symlink():
-            continue
-        try:
-            model = _read_model(path)
-        except Exception:
-            continue
-        if model.tag.name != model_dir.name:
-            continue
-        versions.append((path.name, model))
-    versions.sort(key=lambda vm: (vm[1].info.creation_time, vm[0]), reverse=True)
-    return versions
-
-
-def local_versions(store_dir: Path) -> Iterator[tuple[str, Path]]:
-    """(tag, folder) of every readable version of this project's models in a store (what publishing may send)."""
-    try:
-        entries = sorted(store_dir.iterdir())
-    except OSError:
-        return
-    for entry in entries:
-        if not entry.name.startswith(MODEL_PREFIX) or not entry.is_dir():
-            continue
-        for version, model in _complete_versions(entry):
-            if _is_ours(model):
-                yield str(model.tag), entry / version
-
-
-def _latest_version(model_dir: Path) -> str:
-    """The version BentoML calls latest; BentoML writes the `latest` file only after a save completed."""
-    version = read_latest(model_dir) if (model_dir / LATEST).is_file() else None
-    if version is not None:
-        # A version is one folder inside its own model's folder: never a path to another model's.
-        if _VERSION.fullmatch(version) and (model_dir / version).is_dir() and not (model_dir / version).is_symlink():
-            return version
-        if version and not _VERSION.fullmatch(version):
-            raise ValueError(f"{model_dir.name}'s 'latest' file names {version[:80]!r}, which is not a version")
-    raise FileNotFoundError(f"{model_dir.name} has no complete version (no valid 'latest' file)")
-
-
-# BentoML's own rule for a tag's version; no dots at the ends, so never "." or "..".
-_VERSION = re.compile(r"[a-z0-9]([a-z0-9._-]{0,62}[a-z0-9])?")
-
-
-def _reason(error: BaseException) -> str:
-    return f"{type(error).__name__}: {error}"
 
 
 @dataclass(frozen=True)
@@ -392,7 +91,7 @@ def load(stored: StoredModel, compiled: bool = True) -> LoadedModel:
                 f": the API needs every module the model was trained with; install what provides {error.name!r} "
                 "where the API runs (pyproject.toml, then rebuild the image)"
             )
-        raise ValueError(f"cannot unpickle the saved pipeline ({_reason(error)}){hint}") from error
+        raise ValueError(f"cannot unpickle the saved pipeline ({reason(error)}){hint}") from error
     predictor: Predictor = SklearnPredictor(pipeline)
     if compiled:
         try:
@@ -400,14 +99,14 @@ def load(stored: StoredModel, compiled: bool = True) -> LoadedModel:
             if onnx_bytes:
                 predictor = OnnxPredictor(onnx_bytes, classes)
         except Exception as error:
-            raise ValueError(f"cannot open the compiled ONNX form ({_reason(error)})") from error
+            raise ValueError(f"cannot open the compiled ONNX form ({reason(error)})") from error
     explainer = None
     try:
         saved = model.custom_objects.get(EXPLAIN_OBJECT)
         if saved is not None:
             explainer = Explainer.from_saved(saved, pipeline)
     except Exception as error:
-        raise ValueError(f"cannot use the saved explanation data ({_reason(error)})") from error
+        raise ValueError(f"cannot use the saved explanation data ({reason(error)})") from error
     return LoadedModel(stored.name, stored.tag, stored.algorithm, metadata, predictor, explainer)
 
 
@@ -547,7 +246,7 @@ def _signal_state(path: Path) -> tuple[int, int, int] | str | None:
     except FileNotFoundError:
         return None
     except OSError as error:
-        return f"cannot read {path} ({_reason(error)})"
+        return f"cannot read {path} ({reason(error)})"
     return stat.st_ino, stat.st_mtime_ns, stat.st_size
 
 
@@ -769,7 +468,7 @@ class Registry:
             try:
                 models[entry.name] = load(entry, self.compiled)
             except Exception as error:
-                failures.append(Failure(entry.name, _reason(error), entry.tag))
+                failures.append(Failure(entry.name, reason(error), entry.tag))
         # A broken new version (half-written, unreadable, failing to load) must not take down the one that works.
         for failure in failures:
             if failure.name in current and failure.name not in models:
@@ -857,12 +556,12 @@ class Registry:
             _replace_file(self.signal_file, token)
             written.append("store")
         except OSError as error:
-            failed.append(("store", f"cannot write {self.signal_file} ({_reason(error)})"))
+            failed.append(("store", f"cannot write {self.signal_file} ({reason(error)})"))
             try:
                 _replace_file(self.server_signal, token)
                 written.append("server")
             except OSError as other:
-                failed.append(("server", f"cannot write {self.server_signal} ({_reason(other)})"))
+                failed.append(("server", f"cannot write {self.server_signal} ({reason(other)})"))
         pending = False
         if self.repository is not None:
             try:

@@ -188,7 +188,7 @@ def workers_that_answered(server_output: str, path: str) -> set[str]:
 
 def version_dir(store: Path, algorithm: str) -> Path:
     """The folder of a model's `latest` version in a store."""
-    from penguins.store import model_name
+    from penguins.names import model_name
 
     name_dir = store / model_name(algorithm)
     return name_dir / str(read_latest(name_dir))

@@ -40,8 +40,8 @@ from penguins.data import BUNDLED_SOURCE, fingerprint, load_penguins
 from penguins.explain import CUSTOM_OBJECT as EXPLAIN_OBJECT
 from penguins.explain import build as build_explanation
 from penguins.gate import DEFAULT_TOLERANCE, Decision, save_gated
+from penguins.names import check_model_name, labels_for, model_name
 from penguins.predict import check_compiled, compile_onnx
-from penguins.store import check_model_name, labels_for, model_name
 
 DEFAULT_SEED = 42
 TEST_SIZE = 0.2

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from penguins.contract import EXAMPLE_PENGUIN
-from penguins.store import model_name
+from penguins.names import model_name
 from penguins.testing import ROOT, run_train, serve
 from tests import browser as browser_tools
 from tests.browser import ARTIFACTS, TIMEOUT_MS

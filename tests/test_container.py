@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from penguins.contract import EXAMPLE_PENGUIN
-from penguins.store import endpoint_name, model_name
+from penguins.names import endpoint_name, model_name
 from penguins.training import ALGORITHMS
 from penguins.ui import STATIC
 from tests.compose import COMPOSE, VARIANTS, WHY_NOT, Stack, require

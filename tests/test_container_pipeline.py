@@ -24,7 +24,7 @@ import httpx
 import pytest
 
 from penguins.contract import EXAMPLE_PENGUIN
-from penguins.store import endpoint_name, model_name
+from penguins.names import endpoint_name, model_name
 from penguins.testing import free_port
 from penguins.training import ALGORITHMS
 from tests import browser

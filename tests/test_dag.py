@@ -13,7 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from penguins.store import model_name, scan
+from penguins.names import model_name
+from penguins.scan import scan
 from penguins.testing import ROOT, run_train, serve
 from tests.tiers import unavailable
 

@@ -202,7 +202,7 @@ def test_raw_table_keeps_values_as_text(db_url, tmp_path):
 def test_train_cli_trains_from_the_clean_table_and_records_which_rows(tmp_path):
     from bentoml._internal.models.model import Model
 
-    from penguins.store import scan
+    from penguins.scan import scan
     from penguins.testing import run_train
 
     url = f"sqlite:///{tmp_path / 'train.db'}"

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from penguins.contract import EXAMPLE_PENGUIN
-from penguins.store import endpoint_name
+from penguins.names import endpoint_name
 from penguins.testing import read_prediction_log, serve
 
 pytestmark = pytest.mark.integration

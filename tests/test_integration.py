@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 from penguins.contract import EXAMPLE_COLUMNS, EXAMPLE_PENGUIN
-from penguins.store import model_name
+from penguins.names import model_name
 from penguins.testing import run_train, serve, workers_that_answered
 
 pytestmark = pytest.mark.integration

@@ -72,7 +72,8 @@ def test_train_runs_headless_into_a_scratch_store(tmp_path):
     """Every built-in and the notebook's own classifier (extra-trees) saved through the promotion gate."""
     from bentoml._internal.models.model import Model
 
-    from penguins.store import STATUS_LABEL, scan
+    from penguins.names import STATUS_LABEL
+    from penguins.scan import scan
     from penguins.training import ALGORITHMS
 
     notebook = execute("02-train.ipynb", tmp_path)

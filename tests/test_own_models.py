@@ -25,10 +25,12 @@ from sklearn.preprocessing import OneHotEncoder
 from sklearn.svm import LinearSVC
 
 import train as train_cli
-from penguins import store
+from penguins import names
 from penguins.contract import CATEGORICAL_FEATURES, EXAMPLE_PENGUIN, FEATURES, NUMERIC_FEATURES, SPECIES, Penguin
 from penguins.explain import CUSTOM_OBJECT, Explainer
-from penguins.store import PROJECT, STATUS_LABEL, Registry, check_model_name, load, scan
+from penguins.names import PROJECT, STATUS_LABEL, check_model_name
+from penguins.scan import scan
+from penguins.store import Registry, load
 from penguins.testing import ROOT, run_train, serve
 from penguins.training import (
     ALGORITHMS,
@@ -389,7 +391,7 @@ def test_a_real_server_serves_the_own_classifiers_saved_by_the_cli(own_home, tmp
         listing = {m["algorithm"]: m for m in client.models()["models"]}
         assert set(listing) == set(OWN)
         for name in OWN:
-            (answer,) = getattr(client, store.endpoint_name(name))(penguins=[EXAMPLE_PENGUIN])
+            (answer,) = getattr(client, names.endpoint_name(name))(penguins=[EXAMPLE_PENGUIN])
             assert answer["species"] == "Gentoo" and answer["model"] == listing[name]["tag"]
             explained = client.explain(penguin=EXAMPLE_PENGUIN, model=name, k=3)
             assert explained["prediction"]["model"] == listing[name]["tag"] and len(explained["neighbours"]) == 3
@@ -409,9 +411,9 @@ def test_a_model_needing_a_module_the_api_lacks_is_reported_with_what_to_install
     run_train(home, "--estimator", "my_forest.MyForest", "--name", "my-forest", env={"PYTHONPATH": str(own)})
     registry = Registry(home / "models")
     change = registry.reload()
-    assert set(registry.snapshot.models) == {store.model_name("knn")}
+    assert set(registry.snapshot.models) == {names.model_name("knn")}
     (failure,) = change.failed
-    assert failure.name == store.model_name("my-forest")
+    assert failure.name == names.model_name("my-forest")
     assert "No module named 'my_forest'" in failure.reason
     assert "install what provides 'my_forest' where the API runs" in failure.reason
 

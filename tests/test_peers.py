@@ -10,7 +10,7 @@ import pytest
 from benchmarks.peers import _mlserver_answers, _mlserver_body, export, feature_rows, peers
 from benchmarks.peers.compare import _agreement
 from penguins.contract import FEATURES, SPECIES
-from penguins.store import model_name
+from penguins.names import model_name
 
 
 def test_the_bulk_penguins_are_complete_rows_of_the_data_set(frame):

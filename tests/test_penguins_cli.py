@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from penguins.store import REJECTED, STATUS_LABEL, model_name, scan
+from penguins.names import REJECTED, STATUS_LABEL, model_name
+from penguins.scan import scan
 from penguins.testing import ROOT
 from tests.test_gate import add_version
 from tests.test_store import _save_past_the_gate

@@ -17,7 +17,8 @@ import httpx
 import pytest
 
 from penguins.contract import EXAMPLE_PENGUIN
-from penguins.store import STORE_FAILURE, endpoint_name, model_name, scan
+from penguins.names import endpoint_name, model_name
+from penguins.scan import STORE_FAILURE, scan
 from penguins.testing import ROOT, crash, run_train, serve, version_dir, workers_that_answered
 
 pytestmark = pytest.mark.integration

@@ -21,7 +21,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from penguins.store import STORE_FAILURE, endpoint_name, model_name, scan
+from penguins.names import endpoint_name, model_name
+from penguins.scan import STORE_FAILURE, scan
 from penguins.testing import run_train, serve, tags_answering, workers_that_answered
 from tests.tiers import unavailable
 

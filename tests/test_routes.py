@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from penguins.contract import EXAMPLE_PENGUIN
-from penguins.store import model_name, route_of
+from penguins.names import model_name, route_of
 from penguins.testing import run_train, serve, workers_that_answered
 
 pytestmark = pytest.mark.integration

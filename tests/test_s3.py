@@ -28,8 +28,9 @@ import httpx
 import pytest
 
 from penguins.contract import EXAMPLE_PENGUIN
+from penguins.names import endpoint_name, model_name
 from penguins.repository import MANIFEST, Repository
-from penguins.store import endpoint_name, model_name, scan
+from penguins.scan import scan
 from penguins.testing import ROOT, serve, tags_answering
 from tests.s3 import SeaweedFS, Unavailable, ci, weed_binary
 

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from penguins.contract import EXAMPLE_PENGUIN
-from penguins.store import endpoint_name
+from penguins.names import endpoint_name
 from penguins.testing import PROCESS_TAG, serve, tagged
 
 pytestmark = pytest.mark.integration

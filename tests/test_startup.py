@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from penguins.errors import TRAIN_HINT
+from penguins.scan import STORE_FAILURE, Failure, RejectedVersion, StoredModel, scan
 from penguins.startup import startup_line, train_command
-from penguins.store import STORE_FAILURE, Failure, RejectedVersion, Snapshot, StoredModel, scan
+from penguins.store import Snapshot
 from penguins.testing import serve
 
 

@@ -11,8 +11,10 @@ import pytest
 
 from penguins.contract import Penguin, Prediction
 from penguins.errors import NoModelLoaded, UnknownModel
+from penguins.names import check_model_name, model_name, route_of
 from penguins.repository import PULL_LOCK, UNPACKING
-from penguins.store import RELOAD_SIGNAL, STORE_FAILURE, Registry, check_model_name, model_name, route_of, scan
+from penguins.scan import STORE_FAILURE, scan
+from penguins.store import RELOAD_SIGNAL, Registry
 from penguins.testing import ROOT, version_dir
 
 
@@ -244,7 +246,7 @@ def test_a_version_rewritten_in_place_is_read_again(store):
 
 
 def _knn_labels(store):
-    from penguins.store import _read_model
+    from penguins.scan import _read_model
 
     return dict(_read_model(version_dir(store, "knn")).info.labels)
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 import train as train_cli
-from penguins.store import REJECTED, STATUS_LABEL, scan
+from penguins.names import REJECTED, STATUS_LABEL
+from penguins.scan import scan
 from penguins.testing import run_train
 
 pytestmark = pytest.mark.cli

@@ -185,7 +185,7 @@ def export(home: Path, model_name: str, dest: Path) -> list[str]:
     """The stored model as the peers read it: the pipeline's own pickle, its ONNX graph, its classes."""
     from bentoml import Model
 
-    from penguins.store import scan
+    from penguins.scan import scan
 
     stored = next(s for s in scan(home / "models")[0] if s.name == model_name)
     model = Model.from_path(stored.path)

@@ -41,7 +41,7 @@ SAME_GRAPH_TOLERANCE = 1e-6
 
 def compare(quick: bool, out: Path, rounds: int | None = None) -> int:
     from penguins.data import load_penguins
-    from penguins.store import model_name
+    from penguins.names import model_name
 
     seconds, default_rounds, bulk_repeats = (1, 1, 1) if quick else (5, 5, 5)
     rounds = rounds or default_rounds
