@@ -71,3 +71,20 @@ def test_a_real_server_and_bentomls_client_say_what_to_send(tmp_path, store_dir)
 
         answer = httpx.post(f"{url}/classify_svm", json=EXAMPLE_PENGUIN, timeout=30)
         assert answer.status_code == 400 and '{"penguins": [{' in answer.json()["error"]
+
+
+@pytest.mark.inprocess
+@pytest.mark.parametrize("route", ["/models", "/reload"])
+def test_a_non_json_type_declared_without_a_body_is_415_not_500(client, route):
+    # schemathesis' ST102: BentoML parsed multipart/form-data without a boundary and answered 500.
+    answer = client.post(route, headers={"content-type": "multipart/form-data"})
+    assert answer.status_code == 415 and answer.json()["accepted"]
+    assert client.post(route).status_code == 200  # no type and no body: fine
+
+
+@pytest.mark.inprocess
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "TRACE"])
+def test_metrics_answers_other_methods_405_with_allow(client, method):
+    answer = client.request(method, "/metrics")
+    assert answer.status_code == 405 and answer.headers["allow"] == "GET, HEAD"
+    assert answer.json() == {"error": f"{method} is not allowed on /metrics", "allowed": ["GET", "HEAD"]}

@@ -1,8 +1,8 @@
 """The front guard (outermost of ours): the cheap refusals and the fixed answers, before anything parses a body.
 
 Refuses an `x-request-id` it could not echo byte for byte; answers 404/405 in JSON for paths and methods no route
-takes; refuses non-JSON request bodies with 415; serves the docs page at `/` without anything from outside the origin,
-answers 503 while the worker drains."""
+takes; refuses with 415 a non-JSON request body, and a non-JSON type declared without one; serves the docs page at `/`
+without anything from outside the origin; answers 503 while the worker drains."""
 
 from __future__ import annotations
 
@@ -70,7 +70,9 @@ class Front:
             )
         if route is None and not path.startswith(self.runtime_prefixes):
             return await respond(send, 404, {"error": f"no route {path}: see /docs.json for the API"})
-        if method == "POST" and has_body(scope) and not is_json(header(scope, b"content-type")):
+        content_type = header(scope, b"content-type")
+        # A body, or a type declared without one (BentoML would parse multipart/form-data with no boundary and 500).
+        if method == "POST" and (has_body(scope) or content_type is not None) and not is_json(content_type):
             return await respond(
                 send,
                 415,

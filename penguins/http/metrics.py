@@ -20,6 +20,7 @@ import anyio.to_thread
 import prometheus_client
 from prometheus_client import multiprocess
 
+from penguins.http.asgi import respond
 from penguins.http.routing import ASGIApp, RouteTable
 
 UNMATCHED_PATH = "<unmatched>"  # the endpoint label of every path no route takes
@@ -69,8 +70,12 @@ class Metrics:
     async def __call__(self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        if scope["path"] == PATH and scope["method"] in ("GET", "HEAD"):
-            return await _render(send, head=scope["method"] == "HEAD")
+        if scope["path"] == PATH:  # ours, not the router's: its other methods are refused here
+            if scope["method"] in ("GET", "HEAD"):
+                return await _render(send, head=scope["method"] == "HEAD")
+            allowed = ["GET", "HEAD"]
+            error = {"error": f"{scope['method']} is not allowed on {PATH}", "allowed": allowed}
+            return await respond(send, 405, error, [(b"allow", ", ".join(allowed).encode())])
         route, _ = self.routes.match(scope)
         endpoint = route or UNMATCHED_PATH
         series = _series()

@@ -151,7 +151,8 @@ class Documents:
     def build(self, apis: dict[str, Any]) -> dict[str, bytes]:
         generated = json.loads(json.dumps(self.service.openapi_spec.asdict()))  # as BentoML serves it: string keys
         spec = exact_spec(generated, apis, self.admin_routes, self.conflict_routes)
-        return {"docs": json.dumps(spec).encode(), "schema": json.dumps(self.service.schema()).encode()}
+        schema = client_schema(self.service.schema(), apis)
+        return {"docs": json.dumps(spec).encode(), "schema": json.dumps(schema).encode()}
 
 
 class Published:
@@ -173,6 +174,37 @@ class Published:
 
 
 PATHS = {"/docs.json": "docs", "/schema.json": "schema"}
+
+
+def client_schema(schema: dict[str, Any], apis: dict[str, Any]) -> dict[str, Any]:
+    """BentoML's `/schema.json` (what its Python client encodes arguments by), with each argument's alternatives
+    kept: BentoML flattens an `anyOf` to its first option, so `penguins` read as a list only, and the client broke a
+    `penguins` given as one list per field apart key by key. An argument with alternatives is published inline as
+    `anyOf`, which the client passes through as given."""
+    for route in schema.get("routes", []):
+        api = apis.get(route.get("name"))
+        properties = route.get("input", {}).get("properties")
+        if api is None or not isinstance(properties, dict):
+            continue
+        generated = api.input_spec.model_json_schema()
+        definitions = generated.get("$defs", {})
+        for key, field in generated.get("properties", {}).items():
+            options = [o for o in field.get("anyOf", []) if o != {"type": "null"}]
+            if key in properties and len(options) > 1:
+                rest = {k: v for k, v in properties[key].items() if k in ("title", "description")}
+                properties[key] = {**rest, "anyOf": [_inline(option, definitions) for option in options]}
+    return schema
+
+
+def _inline(schema: Any, definitions: dict[str, Any]) -> Any:
+    """`schema` with every `$ref` into `definitions` replaced by what it names (the client reads no references)."""
+    if isinstance(schema, list):
+        return [_inline(item, definitions) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    if "$ref" in schema:
+        return _inline(definitions[schema["$ref"].rsplit("/", 1)[-1]], definitions)
+    return {key: _inline(value, definitions) for key, value in schema.items()}
 
 
 def exact_spec(
