@@ -3,9 +3,12 @@ learn to hold a lone one."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from penguins.adapter.guard import Target, fits, fix, mark
+
+logger = logging.getLogger("penguins.adapter")
 
 DISPATCHER = "bentoml._internal.marshal.dispatcher"
 
@@ -56,7 +59,8 @@ def keep_requests_whole() -> None:
         while self._queue:
             try:
                 next_size = self.get_batch_size(self._queue[0].data)
-            except Exception:
+            except Exception:  # as BentoML does: said in the log, then counted as one
+                logger.exception("error in batch-size aware batching, falling back to regular batching method")
                 next_size = 1
             if size and size + next_size > limit:
                 return

@@ -65,6 +65,7 @@ class Target:
 def _names_used(target: Any) -> set[str]:
     """Every name the code of `target` (a function, or each method of a class) refers to, nested code included."""
     functions = [target] if not inspect.isclass(target) else list(vars(target).values())
+    functions = [f.fget if isinstance(f, property) else f for f in functions]
     names: set[str] = set()
     for function in functions:
         code = getattr(inspect.unwrap(getattr(function, "__func__", function)), "__code__", None)

@@ -25,6 +25,9 @@ SERVE_APIS = fix(
             ("self", "max_latency_in_ms", "max_batch_size", "shared_sema", "fallback", "get_batch_size", "batch_dim"),
         ),
         Target("bentoml._internal.runner.container", "AutoContainer.get_batch_size", ("batch", "batch_dim")),
+        # Where BentoML puts an API's route: under the service's `path_prefix`.
+        Target("bentoml._internal.utils.uri", "join_paths", ("paths",)),
+        Target("_bentoml_impl.server.app", "ServiceAppFactory.routes", uses=("join_paths", "path_prefix")),
     ],
     upstream="bentoml/BentoML#4460",
     what="routes are fixed when the app is built: no typed endpoint for a model trained after start-up",
@@ -46,6 +49,7 @@ def serve_apis(app: Any, apis: dict[str, Any]) -> bool:
     from _bentoml_impl.server.app import ServiceAppFactory
     from bentoml._internal.marshal.dispatcher import CorkDispatcher
     from bentoml._internal.runner.container import AutoContainer
+    from bentoml._internal.utils.uri import join_paths
     from bentoml.exceptions import ServiceUnavailable
     from starlette.routing import Route
 
@@ -84,7 +88,12 @@ def serve_apis(app: Any, apis: dict[str, Any]) -> bool:
 
     kept = [r for r in router.routes if getattr(r, "name", None) not in before]
     new = [
-        Route(method.route, functools.partial(factory.api_endpoint_wrapper, name), methods=["POST"], name=name)
+        Route(
+            join_paths(service.path_prefix, method.route),  # where BentoML puts its own (a service's `path_prefix`)
+            functools.partial(factory.api_endpoint_wrapper, name),
+            methods=["POST"],
+            name=name,
+        )
         for name, method in apis.items()
     ]
     # After the service's own API routes, before the mounted apps (a mount could match a prefix first).

@@ -43,7 +43,7 @@ BOUND_CONNECTIONS = fix(
         Target(HTTPTOOLS, "HttpToolsProtocol", uses=("cycle", "transport", "server_state", "loop")),
         Target(HTTPTOOLS, "RequestResponseCycle", uses=("response_complete",)),
     ],
-    upstream="none filed: docs/upstream.md#bound_connections",
+    upstream="Kludex/uvicorn#157 (closed without request timeouts); docs/upstream.md#bound_connections",
     what="no header or body timeout and no connection cap: slow clients hold a worker's connections",
 )
 
