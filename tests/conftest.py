@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import shutil
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -207,3 +208,21 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if not {m.name for m in item.iter_markers()} & tiers:
             item.add_marker("inprocess" if IN_PROCESS_FIXTURES & set(item.fixturenames) else "unit")
+
+
+@pytest.fixture(autouse=True)
+def _unit_tests_start_no_process(request, monkeypatch):
+    """The unit tier starts nothing: a unit test that starts a process fails and says so (give it its tier). Session
+    fixtures it shares (the trained store) are made before this applies."""
+    if request.node.get_closest_marker("unit") is None:
+        yield
+        return
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a unit-tier test started a process: mark it with its tier (cli, integration, ...)")
+
+    monkeypatch.setattr(subprocess.Popen, "_execute_child", refuse)
+    for name in ("fork", "forkpty", "posix_spawn", "posix_spawnp", "execv", "execve"):
+        if hasattr(os, name):
+            monkeypatch.setattr(os, name, refuse)
+    yield

@@ -10,6 +10,8 @@ import textwrap
 
 import pytest
 
+pytestmark = pytest.mark.cli  # runs the CI scripts
+
 from penguins.testing import ROOT
 
 TIER = textwrap.dedent(

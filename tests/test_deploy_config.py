@@ -18,6 +18,7 @@ def load(name: str) -> dict:
 
 
 @pytest.mark.skipif(shutil.which("uv") is None, reason="uv is not installed")
+@pytest.mark.cli  # starts a process
 def test_bento_requirements_are_exported_from_uv_lock():
     exported = subprocess.run([*EXPORT, "--no-header"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     committed = (ROOT / "deploy" / "requirements.txt").read_text()
