@@ -23,6 +23,10 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from penguins import publishing
+from penguins.bucket import RepositoryError
+from penguins.settings import get_settings
+
 # train.py sits beside the package (the project's layout, in the repository and in both images).
 TRAIN = Path(__file__).resolve().parents[1] / "train.py"
 
@@ -41,9 +45,7 @@ def wait_live(url: str, timeout: float) -> None:
 
 def wait_repository(timeout: float) -> None:
     """With a model repository (compose profile s3), wait until it answers: it may start later than this."""
-    from penguins import repository
-
-    configured = repository.configured()
+    configured = publishing.configured()
     if configured is None:
         return
     print(f"waiting for the model repository {configured.url}", flush=True)
@@ -52,7 +54,7 @@ def wait_repository(timeout: float) -> None:
         try:
             configured.listing()  # fails until the bucket exists, too
             return
-        except repository.RepositoryError as error:
+        except RepositoryError as error:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"the model repository did not answer within {timeout:g}s ({error})") from None
         time.sleep(2)
@@ -70,9 +72,7 @@ def main() -> int:
     if status:
         return status
 
-    import bentoml
-
-    from penguins.settings import get_settings
+    import bentoml  # lazily: importing bentoml costs seconds, and the wait above needs none of it
 
     url = os.environ.get("PENGUINS_API_URL", "http://api:3000").rstrip("/")
     secret = get_settings().admin_token
