@@ -25,7 +25,7 @@ import httpx
 import psutil
 
 from benchmarks.load import BULK_ROWS, settle, wrk
-from benchmarks.peers import Peer, export, feature_rows, peers, serve_peer
+from benchmarks.peers.catalog import Peer, export, feature_rows, peers, serve_peer
 from penguins.contract import EXAMPLE_PENGUIN, FEATURES
 from penguins.data import load_penguins
 from penguins.names import model_name
