@@ -147,7 +147,6 @@ def main(argv: list[str] | None = None) -> int:
     jobs = estimators(parser, args)
 
     from rich.console import Console  # lazily: only a run that trains needs rich
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
     def refuse(error: ValueError) -> NoReturn:
@@ -173,26 +172,44 @@ def main(argv: list[str] | None = None) -> int:
     table = Table(title=f"Palmer Penguins classifiers (seed {args.seed}, {len(frame)} rows) -> {store}")
     for column in ("model", "CV accuracy", "test accuracy", "macro F1", "served as", "gate", "tag"):
         table.add_column(column, no_wrap=True)
+    # All are trained before any is saved: a classifier that fails to fit leaves the store as it was.
+    try:
+        trained_models = _fit_all(classifiers, frame, args.seed, source, console)
+    except EstimatorError as error:  # it failed to fit
+        refuse(error)
+    rejected = _save_all(trained_models, args, table)
+    Console(width=None if sys.stdout.isatty() else 180).print(table)
+    if rejected:
+        console.print(f"rejected by the promotion gate, saved but not served: {'; '.join(rejected)}", soft_wrap=True)
+        return EXIT_REJECTED
+    return 0
+
+
+def _fit_all(classifiers: list[tuple[str, Any]], frame: Any, seed: int, source: str, console: Any) -> list[Any]:
+    """Train every classifier, with a progress bar on a terminal; EstimatorError when one fails to fit."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn  # lazily: only training needs rich
+
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
         TextColumn("{task.completed}/{task.total}"),
         TimeElapsedColumn(),
     )
-    # All are trained before any is saved: a classifier that fails to fit leaves the store as it was.
     trained_models = []
+    with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as progress:
+        task = progress.add_task("training", total=len(classifiers))
+        for name, classifier in classifiers:
+            progress.update(task, description=f"training {name}")
+            trained = train(name, frame, seed, classifier=classifier)
+            trained.provenance["data_source"] = source
+            trained_models.append(trained)
+            progress.advance(task)
+    return trained_models
+
+
+def _save_all(trained_models: list[Any], args: argparse.Namespace, table: Any) -> list[str]:
+    """Save each through the promotion gate, a table row each; the rejected ones, with the gate's reason."""
     rejected = []
-    try:
-        with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as progress:
-            task = progress.add_task("training", total=len(classifiers))
-            for name, classifier in classifiers:
-                progress.update(task, description=f"training {name}")
-                trained = train(name, frame, args.seed, classifier=classifier)
-                trained.provenance["data_source"] = source
-                trained_models.append(trained)
-                progress.advance(task)
-    except EstimatorError as error:  # it failed to fit
-        refuse(error)
     for trained in trained_models:
         tag, decision = save_gated(trained, args.tolerance, gate=not args.no_gate)
         if not decision.promoted:
@@ -209,11 +226,7 @@ def main(argv: list[str] | None = None) -> int:
             else f"{decision.status} (served {decision.served_score:.3f})",
             tag,
         )
-    Console(width=None if sys.stdout.isatty() else 180).print(table)
-    if rejected:
-        console.print(f"rejected by the promotion gate, saved but not served: {'; '.join(rejected)}", soft_wrap=True)
-        return EXIT_REJECTED
-    return 0
+    return rejected
 
 
 if __name__ == "__main__":

@@ -178,8 +178,6 @@ def models(args: argparse.Namespace) -> int:
 
 
 def prune(args: argparse.Namespace) -> int:
-    from rich.table import Table  # lazily: only the tables need rich
-
     if args.keep < 0:
         print("penguins prune: error: --keep must be 0 or more", file=sys.stderr)
         return 2
@@ -197,13 +195,7 @@ def prune(args: argparse.Namespace) -> int:
     console = _console()
     doomed = [p for p in planned if p.delete]
     where = f"{store}" + (f" and {repository.url}" if repository is not None else "")
-    table = Table(title=f"prune --keep {args.keep}: {where}" + ("" if args.yes else " (dry run)"))
-    for column in ("where", "tag", "status", "action", "why"):
-        table.add_column(column, overflow="fold")
-    for p in planned:
-        action = ("[red]delete[/]" if args.yes else "[red]would delete[/]") if p.delete else "keep"
-        table.add_row(p.where, p.tag, p.status, action, p.why)
-    console.print(table)
+    _print_plan(console, planned, f"prune --keep {args.keep}: {where}" + ("" if args.yes else " (dry run)"), args.yes)
     if not doomed:
         console.print("nothing to prune")
         return 0
@@ -211,6 +203,23 @@ def prune(args: argparse.Namespace) -> int:
         what = "this version" if len(doomed) == 1 else f"these {len(doomed)} versions"
         console.print(f"dry run: nothing deleted; run again with --yes to delete {what}")
         return 0
+    return _delete(console, doomed, paths, repository)
+
+
+def _print_plan(console, planned: list, title: str, for_real: bool) -> None:
+    from rich.table import Table  # lazily: only the tables need rich
+
+    table = Table(title=title)
+    for column in ("where", "tag", "status", "action", "why"):
+        table.add_column(column, overflow="fold")
+    for p in planned:
+        action = ("[red]delete[/]" if for_real else "[red]would delete[/]") if p.delete else "keep"
+        table.add_row(p.where, p.tag, p.status, action, p.why)
+    console.print(table)
+
+
+def _delete(console, doomed: list, paths: dict[str, Path], repository: Repository | None) -> int:
+    """Delete each planned version; 1 when any could not be."""
     failed = 0
     for p in doomed:
         try:
