@@ -27,7 +27,6 @@ from penguins.testing import Server, free_port, running
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
-CACHE = Path(os.environ.get("PENGUINS_BENCH_CACHE", Path.home() / ".cache" / "penguins-bench"))
 LOOPBACK = "127.0.0.1"
 
 
@@ -164,7 +163,8 @@ def peers(classes: list[str]) -> list[Peer]:
 def environment(name: str) -> Path:
     """The peer's own interpreter, with its pinned requirements installed (made once, remade when they change)."""
     requirements = (HERE / f"{name}.txt").read_text()
-    home = CACHE / name
+    # A benchmark harness variable, not a setting of the service (penguins/settings.py): read when used.
+    home = Path(os.environ.get("PENGUINS_BENCH_CACHE", Path.home() / ".cache" / "penguins-bench")) / name
     python = home / "bin" / "python"
     stamp = home / ".requirements.txt"
     if python.exists() and stamp.exists() and stamp.read_text() == requirements:
