@@ -25,21 +25,24 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any, NoReturn
 
-if TYPE_CHECKING:
-    from penguins.training import Estimator
-
+# Before anything imports bentoml (none of the modules below does at import time): BentoML reads it once.
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
+
+from penguins import publishing  # noqa: E402
+from penguins.data import BUNDLED_SOURCE, load_penguins  # noqa: E402
+from penguins.db import clean_source, load_clean  # noqa: E402
+from penguins.gate import DEFAULT_TOLERANCE, save_gated  # noqa: E402
+from penguins.names import check_model_name, default_store_dir  # noqa: E402
+from penguins.scan import scan  # noqa: E402
+from penguins.training import ALGORITHMS, DEFAULT_SEED, Estimator, EstimatorError, train  # noqa: E402
 
 EXIT_REFUSED = 2  # argparse's own status for a bad argument; also a classifier that cannot be trained or served
 EXIT_REJECTED = 3  # the promotion gate rejected at least one of the models asked for
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
-    from penguins.gate import DEFAULT_TOLERANCE
-    from penguins.training import ALGORITHMS, DEFAULT_SEED
-
     parser = argparse.ArgumentParser(
         prog="train.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -115,8 +118,6 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, 
 
 def estimators(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[tuple[str, Estimator]]:
     """(name, estimator) for every model to train: the chosen built-ins, then --estimator."""
-    from penguins.training import ALGORITHMS, Estimator
-
     if (args.name or args.param) and not args.estimator:
         parser.error("--name and --param go with --estimator")
     chosen = args.models or ([] if args.estimator else list(ALGORITHMS))
@@ -145,15 +146,8 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["BENTOML_HOME"] = str(args.store.resolve())
     jobs = estimators(parser, args)
 
-    from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.console import Console  # lazily: only a run that trains needs rich
     from rich.table import Table
-
-    from penguins.data import BUNDLED_SOURCE, load_penguins
-    from penguins.gate import save_gated
-    from penguins.names import check_model_name, default_store_dir
-    from penguins.scan import scan
-    from penguins.training import EstimatorError, train
 
     def refuse(error: ValueError) -> NoReturn:
         """A classifier that cannot be trained or served: one line, argparse's exit status, nothing saved."""
@@ -166,42 +160,56 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(stderr=True)
     store = default_store_dir()
     if args.if_empty:
-        from penguins import repository
-
-        repository.pull(store)  # with a model repository, what it holds counts too (fetched into this store)
+        publishing.pull(store)  # with a model repository, what it holds counts too (fetched into this store)
     if args.if_empty and scan(store)[0]:
         console.print(f"penguin models already in {store}: nothing to train")
         return 0
 
     if args.data:
-        from penguins.db import clean_source, load_clean
-
         frame, source = load_clean(args.data), clean_source(args.data)
     else:
         frame, source = load_penguins(), BUNDLED_SOURCE
     table = Table(title=f"Palmer Penguins classifiers (seed {args.seed}, {len(frame)} rows) -> {store}")
     for column in ("model", "CV accuracy", "test accuracy", "macro F1", "served as", "gate", "tag"):
         table.add_column(column, no_wrap=True)
+    # All are trained before any is saved: a classifier that fails to fit leaves the store as it was.
+    try:
+        trained_models = _fit_all(classifiers, frame, args.seed, source, console)
+    except EstimatorError as error:  # it failed to fit
+        refuse(error)
+    rejected = _save_all(trained_models, args, table)
+    Console(width=None if sys.stdout.isatty() else 180).print(table)
+    if rejected:
+        console.print(f"rejected by the promotion gate, saved but not served: {'; '.join(rejected)}", soft_wrap=True)
+        return EXIT_REJECTED
+    return 0
+
+
+def _fit_all(classifiers: list[tuple[str, Any]], frame: Any, seed: int, source: str, console: Any) -> list[Any]:
+    """Train every classifier, with a progress bar on a terminal; EstimatorError when one fails to fit."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn  # lazily: only training needs rich
+
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
         TextColumn("{task.completed}/{task.total}"),
         TimeElapsedColumn(),
     )
-    # All are trained before any is saved: a classifier that fails to fit leaves the store as it was.
     trained_models = []
+    with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as progress:
+        task = progress.add_task("training", total=len(classifiers))
+        for name, classifier in classifiers:
+            progress.update(task, description=f"training {name}")
+            trained = train(name, frame, seed, classifier=classifier)
+            trained.provenance["data_source"] = source
+            trained_models.append(trained)
+            progress.advance(task)
+    return trained_models
+
+
+def _save_all(trained_models: list[Any], args: argparse.Namespace, table: Any) -> list[str]:
+    """Save each through the promotion gate, a table row each; the rejected ones, with the gate's reason."""
     rejected = []
-    try:
-        with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as progress:
-            task = progress.add_task("training", total=len(classifiers))
-            for name, classifier in classifiers:
-                progress.update(task, description=f"training {name}")
-                trained = train(name, frame, args.seed, classifier=classifier)
-                trained.provenance["data_source"] = source
-                trained_models.append(trained)
-                progress.advance(task)
-    except EstimatorError as error:  # it failed to fit
-        refuse(error)
     for trained in trained_models:
         tag, decision = save_gated(trained, args.tolerance, gate=not args.no_gate)
         if not decision.promoted:
@@ -218,11 +226,7 @@ def main(argv: list[str] | None = None) -> int:
             else f"{decision.status} (served {decision.served_score:.3f})",
             tag,
         )
-    Console(width=None if sys.stdout.isatty() else 180).print(table)
-    if rejected:
-        console.print(f"rejected by the promotion gate, saved but not served: {'; '.join(rejected)}", soft_wrap=True)
-        return EXIT_REJECTED
-    return 0
+    return rejected
 
 
 if __name__ == "__main__":

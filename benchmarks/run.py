@@ -19,6 +19,7 @@ import argparse
 import contextlib
 import json
 import os
+import random
 import shutil
 import statistics
 import subprocess
@@ -29,10 +30,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
-ROOT = Path(__file__).resolve().parents[1]
 
 import httpx  # noqa: E402
 
+from benchmarks.load import BULK_ROWS, ROOT, settle, wrk  # noqa: E402
+from benchmarks.peers.compare import compare  # noqa: E402
 from penguins.contract import EXAMPLE_PENGUIN  # noqa: E402
 from penguins.names import endpoint_name, model_name  # noqa: E402
 from penguins.testing import free_port, run_train, running, serve  # noqa: E402
@@ -41,58 +43,6 @@ MODELS = ("random-forest", "logistic-regression")
 # (connections, after_load): the lone client is measured again last, after the heaviest load, because that is when
 # an adaptive batcher that over-learns its wait would hold it.
 LOAD_POINTS = ((1, False), (8, False), (32, False), (64, False), (1, True))
-BULK_ROWS = 10_000
-
-
-def wrk(url: str, body: dict, connections: int, seconds: float) -> dict:
-    command = [
-        "wrk",
-        "-t1",
-        f"-c{connections}",
-        f"-d{seconds}s",
-        "--timeout",
-        "10s",
-        "--latency",
-        "-s",
-        str(ROOT / "benchmarks" / "wrk.lua"),
-        url,
-    ]
-    out = subprocess.run(
-        command,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=seconds + 60,
-        env={**os.environ, "BENCH_BODY": json.dumps(body)},
-    ).stdout
-    stats = json.loads(out.strip().splitlines()[-1])
-    return {
-        "concurrency": connections,
-        # Failed requests are counted apart, never as throughput.
-        "rps": (stats["requests"] - stats["errors"]) / (stats["duration_us"] / 1e6),
-        "p50_ms": stats["p50_us"] / 1e3,
-        "p99_ms": stats["p99_us"] / 1e3,
-        "errors": stats["errors"],
-        "requests": stats["requests"],
-    }
-
-
-def settle(timeout: float = 60) -> None:
-    """Wait until the machine is nearly idle: a server left with abandoned requests (the baseline at high concurrency
-    answers long after wrk stops) would otherwise take CPU from the next server measured."""
-
-    def busy() -> tuple[int, int]:
-        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-        return sum(fields) - fields[3] - fields[4], sum(fields)  # not idle, not iowait
-
-    if not Path("/proc/stat").exists():
-        return
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        (b0, t0), _ = busy(), time.sleep(0.25)
-        b1, t1 = busy()
-        if (b1 - b0) / max(t1 - t0, 1) < 0.1:
-            return
 
 
 def in_process(home: Path) -> dict:
@@ -129,8 +79,6 @@ print(json.dumps(out))
 
 
 def bulk(url: str, repeats: int) -> dict:
-    import random
-
     rng = random.Random(0)
     penguins = [{**EXAMPLE_PENGUIN, "bill_length_mm": round(rng.uniform(35, 55), 1)} for _ in range(BULK_ROWS)]
     body = json.dumps({"penguins": penguins, "model": "random-forest"}).encode()
@@ -171,8 +119,6 @@ def main() -> int:
     if shutil.which("wrk") is None:
         sys.exit("benchmarks need wrk: apt-get install wrk")
     if args.peers:
-        from benchmarks.peers.compare import compare
-
         return compare(args.quick, args.out or ROOT / "bench-results" / "peers.json", args.rounds)
     args.out = args.out or ROOT / "bench-results" / "benchmark.json"
     seconds, rounds = (1, 1) if args.quick else (5, 5)

@@ -17,17 +17,30 @@ import json
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 
+# Before anything imports bentoml (none of the modules below does at import time): BentoML reads both once.
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
+
+from penguins import bootstrap, db, publishing  # noqa: E402
+from penguins import pipeline as steps  # noqa: E402
+from penguins.bucket import Repository, RepositoryError  # noqa: E402
+from penguins.install import present  # noqa: E402
+from penguins.lifecycle import (  # noqa: E402
+    STORE,
+    delete_local,
+    delete_remote,
+    inventory,
+    plan_repository,
+    plan_store,
+)
+from penguins.names import default_store_dir  # noqa: E402
+from penguins.startup import train_command  # noqa: E402
 
 # Subcommands whose module has a command line of its own: everything after the name goes to its main.
 PASSED_ON = {
-    "repository": (
-        "penguins.repository",
-        "the S3 model repository: status, publish, pull (python -m penguins.repository)",
-    ),
-    "db": ("penguins.db", "the SQL tables: ingest raw rows, clean them (python -m penguins.db)"),
+    "db": (db.main, "the SQL tables: ingest raw rows, clean them (python -m penguins.db)"),
 }
 PIPELINE_STEPS = ("ingest", "clean", "train", "gate", "reload")
 EXIT_REJECTED = 3  # as train.py's: the promotion gate rejected a model (saved, not served)
@@ -64,6 +77,8 @@ def parser() -> argparse.ArgumentParser:
     )
     _store_option(prune)
 
+    _repository_parser(commands)
+
     for name, (_, summary) in PASSED_ON.items():
         commands.add_parser(name, help=summary, add_help=False)
 
@@ -83,14 +98,29 @@ def parser() -> argparse.ArgumentParser:
         help=f"steps to run, in this order: {' '.join(PIPELINE_STEPS)} (gate needs train before it)",
     )
 
-    bootstrap_module = __import__("penguins.bootstrap", fromlist=["__doc__"])
     commands.add_parser(
         "bootstrap",
         help="the compose stack's one-shot trainer: train when the store is empty, then reload the API",
-        description=bootstrap_module.__doc__,
+        description=bootstrap.__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     return top
+
+
+def _repository_parser(commands: argparse._SubParsersAction) -> None:
+    repository = commands.add_parser(
+        "repository",
+        help="the S3 model repository: status, publish, pull (python -m penguins.cli repository)",
+        description="The object-storage model repository (PENGUINS_MODEL_REPOSITORY=s3://bucket/prefix, "
+        "docs/replicas.md), for the local store ($BENTOML_HOME).",
+    )
+    actions = repository.add_subparsers(dest="action", required=True)
+    actions.add_parser("status", help="what the repository holds and what the local store lacks")
+    publish = actions.add_parser("publish", help="publish local versions")
+    publish.add_argument("tags", nargs="*", metavar="TAG")
+    publish.add_argument("--missing", action="store_true", help="every local penguin version not published")
+    actions.add_parser("pull", help="fetch what the local store lacks (what `reload` does first)")
+    repository.set_defaults(parser=repository)
 
 
 def _store_option(command: argparse.ArgumentParser) -> None:
@@ -102,8 +132,7 @@ def _store_option(command: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in PASSED_ON:  # its own parser, its own --help
-        module = __import__(PASSED_ON[argv[0]][0], fromlist=["main"])
-        return module.main(argv[1:])
+        return PASSED_ON[argv[0]][0](argv[1:])
     args = parser().parse_args(argv)
     if getattr(args, "store", None):  # BentoML reads BENTOML_HOME once, when it is first imported
         os.environ["BENTOML_HOME"] = str(args.store.resolve())
@@ -111,23 +140,21 @@ def main(argv: list[str] | None = None) -> int:
         "models": models,
         "prune": prune,
         "pipeline": pipeline,
-        "bootstrap": lambda _: __import__("penguins.bootstrap", fromlist=["main"]).main(),
+        "repository": repository,
+        "bootstrap": lambda _: bootstrap.main(),
     }
     return run[args.command](args)
 
 
 def _console():
-    from rich.console import Console
+    from rich.console import Console  # lazily: only the tables need rich
 
     # Piped: 200 columns unless COLUMNS says otherwise (rich reads it).
     return Console(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 200)
 
 
 def models(args: argparse.Namespace) -> int:
-    from rich.table import Table
-
-    from penguins.lifecycle import inventory
-    from penguins.names import default_store_dir
+    from rich.table import Table  # lazily: only the tables need rich
 
     store = default_store_dir()
     versions = inventory(store)
@@ -136,8 +163,6 @@ def models(args: argparse.Namespace) -> int:
         return 0
     console = _console()
     if not versions:
-        from penguins.startup import train_command
-
         console.print(f"no penguin model in {store}: train one with `{train_command(store)}`", soft_wrap=True)
         return 0
     table = Table(title=f"penguin models in {store}")
@@ -153,12 +178,6 @@ def models(args: argparse.Namespace) -> int:
 
 
 def prune(args: argparse.Namespace) -> int:
-    from rich.table import Table
-
-    from penguins import repository as repositories
-    from penguins.lifecycle import STORE, delete_local, delete_remote, inventory, plan_repository, plan_store
-    from penguins.names import default_store_dir
-
     if args.keep < 0:
         print("penguins prune: error: --keep must be 0 or more", file=sys.stderr)
         return 2
@@ -166,23 +185,17 @@ def prune(args: argparse.Namespace) -> int:
     versions = inventory(store)
     paths = {v.tag: v.path for v in versions if v.path is not None}
     planned = plan_store(versions, args.keep)
-    repository = None if args.local_only else repositories.configured()
+    repository = None if args.local_only else publishing.configured()
     if repository is not None:
         try:
             planned += plan_repository(repository, args.keep)
-        except repositories.RepositoryError as error:
+        except RepositoryError as error:
             print(f"penguins prune: error: {error}", file=sys.stderr)
             return 1
     console = _console()
     doomed = [p for p in planned if p.delete]
     where = f"{store}" + (f" and {repository.url}" if repository is not None else "")
-    table = Table(title=f"prune --keep {args.keep}: {where}" + ("" if args.yes else " (dry run)"))
-    for column in ("where", "tag", "status", "action", "why"):
-        table.add_column(column, overflow="fold")
-    for p in planned:
-        action = ("[red]delete[/]" if args.yes else "[red]would delete[/]") if p.delete else "keep"
-        table.add_row(p.where, p.tag, p.status, action, p.why)
-    console.print(table)
+    _print_plan(console, planned, f"prune --keep {args.keep}: {where}" + ("" if args.yes else " (dry run)"), args.yes)
     if not doomed:
         console.print("nothing to prune")
         return 0
@@ -190,6 +203,23 @@ def prune(args: argparse.Namespace) -> int:
         what = "this version" if len(doomed) == 1 else f"these {len(doomed)} versions"
         console.print(f"dry run: nothing deleted; run again with --yes to delete {what}")
         return 0
+    return _delete(console, doomed, paths, repository)
+
+
+def _print_plan(console, planned: list, title: str, for_real: bool) -> None:
+    from rich.table import Table  # lazily: only the tables need rich
+
+    table = Table(title=title)
+    for column in ("where", "tag", "status", "action", "why"):
+        table.add_column(column, overflow="fold")
+    for p in planned:
+        action = ("[red]delete[/]" if for_real else "[red]would delete[/]") if p.delete else "keep"
+        table.add_row(p.where, p.tag, p.status, action, p.why)
+    console.print(table)
+
+
+def _delete(console, doomed: list, paths: dict[str, Path], repository: Repository | None) -> int:
+    """Delete each planned version; 1 when any could not be."""
     failed = 0
     for p in doomed:
         try:
@@ -198,15 +228,64 @@ def prune(args: argparse.Namespace) -> int:
             else:
                 delete_remote(repository, p.tag)
             console.print(f"deleted {p.tag} from the {p.where}")
-        except (OSError, repositories.RepositoryError) as error:
+        except (OSError, RepositoryError) as error:
             failed += 1
             console.print(f"[red]could not delete {p.tag} from the {p.where}: {error}[/]")
     return 1 if failed else 0
 
 
-def pipeline(args: argparse.Namespace) -> int:
-    from penguins import pipeline as steps
+def repository(args: argparse.Namespace) -> int:
+    """`penguins repository status | publish TAG... | publish --missing | pull`."""
+    configured = publishing.configured()
+    if configured is None:
+        args.parser.error("PENGUINS_MODEL_REPOSITORY is not set")
+    if args.action == "publish" and not args.tags and not args.missing:
+        args.parser.error("name TAGs or pass --missing")
+    store = default_store_dir()
+    try:
+        if args.action == "status":
+            _repository_status(configured, store)
+        elif args.action == "publish":
+            if args.missing:
+                done = publishing.publish_missing(store)
+            else:
+                done = [publishing.publish(tag, store) for tag in args.tags]
+            for manifest in done:
+                print(f"published {manifest.tag} ({manifest.size} bytes, sha256 {manifest.sha256})")
+        else:
+            return _repository_pull(configured, store)
+    except RepositoryError as error:
+        print(f"error: {error}")
+        return 1
+    return 0
 
+
+def _repository_status(configured: Repository, store: Path) -> None:
+    found, incomplete, broken = configured.manifests()
+    for manifest, _ in found:
+        here = "here" if present(store, manifest.name, manifest.version) else "missing here"
+        status = manifest.labels.get("status", "")
+        print(f"{manifest.tag}  {status:<9} {manifest.size:>10} bytes  {manifest.created}  {here}")
+    for tag in incomplete:
+        print(f"{tag}  incomplete (an archive without a manifest: never pulled)")
+    for failure in broken:
+        print(f"{failure.tag}  {failure.reason}")
+    print(f"reload signal: {configured.generation() or 'never written'}")
+
+
+def _repository_pull(configured: Repository, store: Path) -> int:
+    result = configured.pull(store)
+    for tag in result.pulled:
+        print(f"pulled {tag}")
+    for failure in result.failures:
+        print(f"FAILED {failure.tag}: {failure.reason}")
+    if result.store_error:
+        print(result.store_error)
+        return 1
+    return 1 if result.failures else 0
+
+
+def pipeline(args: argparse.Namespace) -> int:
     chosen = args.steps or list(PIPELINE_STEPS)
     unknown = [s for s in chosen if s not in PIPELINE_STEPS]
     if unknown:
@@ -233,8 +312,6 @@ def pipeline(args: argparse.Namespace) -> int:
 
 
 def _plain(version) -> dict:
-    from dataclasses import asdict
-
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(version).items()}
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -48,10 +47,11 @@ from sqlalchemy import (
 )
 
 from penguins.contract import CATEGORICAL_FEATURES, FEATURES, NUMERIC_FEATURES, SEXES, SPECIES, TARGET, Penguin
+from penguins.data import prepare
+from penguins.settings import DEFAULT_DATABASE_URL, get_settings
 
 RAW_TABLE = "penguins_raw"
 CLEAN_TABLE = "penguins_clean"
-DEFAULT_URL = "sqlite:///penguins.db"
 BUNDLED_SOURCE = "palmerpenguins"
 # Raw values are text; longer ones are cut (they are not valid penguin values anyway).
 RAW_TEXT = 255
@@ -131,7 +131,7 @@ class CleanReport:
 
 
 def default_url() -> str:
-    return os.environ.get("PENGUINS_DATABASE_URL") or DEFAULT_URL
+    return get_settings().database_url
 
 
 def safe_url(url: str) -> str:
@@ -210,7 +210,7 @@ def ingest(url: str | None = None, csv: str | Path | None = None, source: str | 
     url = url or default_url()
     malformed = 0
     if csv is None:
-        import palmerpenguins
+        import palmerpenguins  # lazily: only the bundled rows need it
 
         frame = palmerpenguins.load_penguins()
         source = source or BUNDLED_SOURCE
@@ -353,8 +353,6 @@ def clean(url: str | None = None, examples: int = 10) -> CleanReport:
 
 def load_clean(url: str | None = None) -> pd.DataFrame:
     """The clean table as a training frame (contract columns, in id order), shaped by `data.prepare`."""
-    from penguins.data import prepare
-
     url = url or default_url()
     with engine_for(url) as engine:
         if not inspect(engine).has_table(CLEAN_TABLE):
@@ -379,7 +377,7 @@ def main(argv: Iterable[str] | None = None) -> int:
     clean_cmd = commands.add_parser("clean", help=f"rewrite {CLEAN_TABLE} from {RAW_TABLE}")
     for command in (ingest_cmd, clean_cmd):
         command.add_argument(
-            "--url", default=None, help=f"SQLAlchemy URL (default: $PENGUINS_DATABASE_URL or {DEFAULT_URL})"
+            "--url", default=None, help=f"SQLAlchemy URL (default: $PENGUINS_DATABASE_URL or {DEFAULT_DATABASE_URL})"
         )
     args = parser.parse_args(list(argv) if argv is not None else None)
     try:

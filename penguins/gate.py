@@ -88,7 +88,7 @@ def save_gated(
 ) -> tuple[str, Decision]:
     """Decide, then save `trained` (a training.TrainedModel) with the decision as its `status` label and in its
     metadata (`gate`). Returns the new tag and the decision."""
-    from penguins import repository
+    from penguins import publishing as repository
     from penguins.training import _save
 
     # With a model repository, the served version to beat may have been trained on another machine: fetch it first.

@@ -14,6 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from penguins.adapter.layout import read_latest
+from penguins.bucket import ARCHIVE, MANIFEST, RepositoryError
+from penguins.names import REJECTED as REJECTED_LABEL
+from penguins.names import STATUS_LABEL
+from penguins.scan import local_versions, scan_with_rejected
 
 SERVED = "served"
 REJECTED = "rejected"
@@ -55,9 +59,7 @@ class Planned:
 def inventory(store_dir: Path) -> list[Version]:
     """Every version of this project's models in the store (newest first per name), then the penguin-named entries
     the service skips and the ones it cannot read."""
-    from bentoml import Model
-
-    from penguins.scan import local_versions, scan_with_rejected
+    from bentoml import Model  # lazily: importing bentoml costs seconds (and `penguins --store` sets its home)
 
     stored, failures, _, skipped = scan_with_rejected(store_dir)
     served = {m.name: m.tag for m in stored}
@@ -130,9 +132,6 @@ def plan_store(versions: list[Version], keep: int) -> list[Planned]:
 def plan_repository(repository: Any, keep: int) -> list[Planned]:
     """The same rule over what the model repository holds: per name the `keep` newest, and the newest version not
     rejected (what every replica's pull serves)."""
-    from penguins.names import REJECTED as REJECTED_LABEL
-    from penguins.names import STATUS_LABEL
-
     found, _, _ = repository.manifests()  # newest first
     planned: list[Planned] = []
     rank: dict[str, int] = {}
@@ -161,9 +160,7 @@ def delete_local(version_path: Path) -> None:
 def delete_remote(repository: Any, tag: str) -> None:
     """Remove one version from the repository: its manifest first (without it the version no longer exists for any
     replica), then its archive. Uses only the repository's public surface (client, bucket, key)."""
-    from botocore.exceptions import BotoCoreError, ClientError
-
-    from penguins.repository import ARCHIVE, MANIFEST, RepositoryError
+    from botocore.exceptions import BotoCoreError, ClientError  # lazily, as boto3: only a repository needs it
 
     name, _, version = tag.partition(":")
     try:

@@ -2,9 +2,9 @@
 
     ingest -> clean -> train -> gate -> reload
 
-Each step takes its settings from PENGUINS_* environment variables (`PipelineSettings`), optionally overridden by a
-dict (the DAG's run parameters), and returns a JSON-able report (Airflow keeps it as the task's XCom). The model
-store is BentoML's own ($BENTOML_HOME), as for `train.py`.
+Each step takes its settings from PENGUINS_* environment variables (penguins/settings.py's `Settings`),
+optionally overridden by a dict (the DAG's run parameters), and returns a JSON-able report (Airflow keeps it as the
+task's XCom). The model store is BentoML's own ($BENTOML_HOME), as for `train.py`.
 
 Between `train` and `gate` the trained candidates wait as pickles under `$BENTOML_HOME/penguins-staging/` (the
 gate's decision is a label, and BentoML sets labels at save time, so nothing is saved before the gate decides);
@@ -13,66 +13,50 @@ gate's decision is a label, and BentoML sets labels at save time, so nothing is 
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
-
-from penguins.db import DEFAULT_URL
-from penguins.gate import DEFAULT_TOLERANCE
-
+# Before anything imports bentoml (none of the modules below does at import time): BentoML reads it once.
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
+
+from penguins.data import fingerprint  # noqa: E402
+from penguins.db import clean as clean_rows  # noqa: E402
+from penguins.db import clean_source, load_clean  # noqa: E402
+from penguins.db import ingest as ingest_rows  # noqa: E402
+from penguins.gate import save_gated  # noqa: E402
+from penguins.names import default_store_dir  # noqa: E402
+from penguins.settings import Settings  # noqa: E402
+from penguins.training import ALGORITHMS  # noqa: E402
+from penguins.training import train as fit  # noqa: E402
 
 STAGING = "penguins-staging"
 
 
-class PipelineSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="PENGUINS_", extra="ignore")
-
-    database_url: str = Field(default=DEFAULT_URL, description="SQLAlchemy URL of the penguin tables")
-    csv: str | None = Field(default=None, description="CSV to ingest instead of the bundled Palmer Penguins rows")
-    models: list[str] | None = Field(default=None, description="Algorithms to train (default: all)")
-    seed: int = 42
-    tolerance: float = Field(default=DEFAULT_TOLERANCE, ge=0, description="Promotion gate tolerance")
-    api_url: str | None = Field(
-        default=None,
-        description="Base URL of the penguin API to reload, e.g. http://api:3000; reload is skipped when unset",
-    )
-    admin_token: SecretStr | None = Field(default=None, description="Bearer token the API's reload needs")
-
-
-def settings(overrides: dict[str, Any] | None = None) -> PipelineSettings:
-    """Environment first, then the non-empty overrides (run parameters) on top."""
+def settings(overrides: dict[str, Any] | None = None) -> Settings:
+    """Environment first, then the non-empty overrides (run parameters) on top. Read afresh at every step (not
+    get_settings()'s cached copy): a run's parameters are its own."""
     given = {k: v for k, v in (overrides or {}).items() if v not in (None, "", [])}
-    return PipelineSettings(**given)
+    return Settings(**given)
 
 
 def ingest(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    from penguins.db import ingest as ingest_rows
-
     config = settings(overrides)
     return ingest_rows(config.database_url, csv=config.csv).as_dict()
 
 
 def clean(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    from penguins.db import clean as clean_rows
-
     return clean_rows(settings(overrides).database_url).as_dict()
 
 
 def train(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train every algorithm on the clean table; leave the candidates in the staging folder for `gate`."""
-    from penguins.data import fingerprint
-    from penguins.db import clean_source, load_clean
-    from penguins.names import default_store_dir
-    from penguins.training import ALGORITHMS
-    from penguins.training import train as fit
-
     config = settings(overrides)
     algorithms = config.models or list(ALGORITHMS)
     unknown = sorted(set(algorithms) - set(ALGORITHMS))
@@ -108,10 +92,6 @@ def gate(trained: dict[str, Any], overrides: dict[str, Any] | None = None) -> di
     """Save each candidate `train` left, labelled promoted or rejected against the served version, from a fresh
     interpreter: Airflow's task processes import dill, and a pipeline pickled where dill is imported needs dill to
     load (training._save refuses to save there)."""
-    import json
-    import subprocess
-    import sys
-
     request = json.dumps({"trained": trained, "overrides": overrides})
     done = subprocess.run(
         [sys.executable, "-m", "penguins.pipeline", "gate"], input=request, capture_output=True, text=True
@@ -122,8 +102,6 @@ def gate(trained: dict[str, Any], overrides: dict[str, Any] | None = None) -> di
 
 
 def _gate_here(trained: dict[str, Any], overrides: dict[str, Any] | None) -> dict[str, Any]:
-    from penguins.gate import save_gated
-
     config = settings(overrides)
     decisions = []
     for candidate in trained["candidates"]:
@@ -141,7 +119,7 @@ def _gate_here(trained: dict[str, Any], overrides: dict[str, Any] | None) -> dic
 
 def reload(overrides: dict[str, Any] | None = None, timeout: float = 60) -> dict[str, Any]:
     """Ask the API to re-read the store (with the admin token when one is set); fail on any error answer."""
-    import httpx
+    import httpx  # lazily: only a configured API needs it
 
     config = settings(overrides)
     if not config.api_url:
@@ -156,9 +134,6 @@ def reload(overrides: dict[str, Any] | None = None, timeout: float = 60) -> dict
 
 
 if __name__ == "__main__":  # `gate`'s clean interpreter: the request on stdin, the report as the last line out
-    import json
-    import sys
-
     if sys.argv[1:] != ["gate"]:
         raise SystemExit("usage: python -m penguins.pipeline gate < request.json")
     request = json.load(sys.stdin)

@@ -87,7 +87,7 @@ def server_config(settings: Settings) -> dict[str, Any]:
 @cache
 def get_registry() -> Registry:
     """The worker's one registry, made on first use (never at import)."""
-    from penguins import repository
+    from penguins import publishing as repository
 
     return Registry(default_store_dir(), compiled=get_settings().compiled, repository=repository.configured())
 

@@ -1,4 +1,8 @@
-"""Runtime configuration: one settings object read from PENGUINS_* environment variables."""
+"""Runtime configuration: the one settings object read from PENGUINS_* environment variables (the service's, the
+pipeline's, the bootstrap's), each with its one default. docs/configuration.md lists every field (a unit test
+checks it against this class). This module reads nothing at import: get_settings() reads the environment when first
+called (and caches it); pipeline.settings() builds a fresh one per step, with the run's parameters.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,8 @@ from pathlib import Path
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_DATABASE_URL = "sqlite:///penguins.db"  # in the working directory
 
 
 class Settings(BaseSettings):
@@ -83,6 +89,34 @@ class Settings(BaseSettings):
     header_timeout_s: float = Field(default=10.0, gt=0)
     body_timeout_s: float = Field(default=30.0, gt=0)
     max_connections: int = Field(default=4096, ge=16, description="Connections a worker holds at once")
+
+    # The retraining pipeline (penguins/pipeline.py, the DAG's steps) and train.py's data. The DAG's run parameters
+    # override these per run.
+    database_url: str = Field(default=DEFAULT_DATABASE_URL, description="SQLAlchemy URL of the penguin tables")
+    csv: str | None = Field(default=None, description="CSV to ingest instead of the bundled Palmer Penguins rows")
+    # A JSON list; unset or empty: every built-in algorithm. The pipeline's train step and the bootstrap's.
+    models: list[str] | None = Field(default=None, description="Algorithms to train (default: all)")
+    seed: int = Field(default=42, description="The pipeline's training seed (train.py's --seed default too)")
+    # gate.DEFAULT_TOLERANCE (train.py's --tolerance default); tests/test_settings.py checks they agree.
+    tolerance: float = Field(default=0.01, ge=0, description="Promotion gate tolerance")
+    # The API the pipeline's reload step and the bootstrap call; unset: the pipeline skips reload, the bootstrap
+    # refuses to start (every deploy sets it: http://api:3000 in compose and the stack).
+    api_url: str | None = Field(default=None, description="Base URL of the penguin API to reload")
+    api_wait: float = Field(default=300, gt=0, description="Seconds the bootstrap waits for the API and repository")
+
+    # notebooks/02-train.ipynb: what it trains, space-separated (a notebook run's own choice, apart from the pipeline).
+    notebook_models: str | None = Field(default=None, description="Algorithms the training notebook trains")
+
+    @field_validator("database_url", mode="before")
+    @classmethod
+    def _empty_url_is_the_default(cls, value: object) -> object:
+        return DEFAULT_DATABASE_URL if value == "" else value
+
+    @field_validator("csv", "models", "api_url", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # Deploy files pass `${PENGUINS_TRAIN_MODELS:-}`: an empty variable means unset, as in a shell.
+        return None if value in ("", []) else value
 
     @model_validator(mode="after")
     def _read_token_file(self) -> Settings:

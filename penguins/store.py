@@ -19,13 +19,13 @@ from typing import Any
 
 import numpy as np
 
+from penguins.bucket import Repository, RepositoryError
 from penguins.contract import Penguin, Prediction
 from penguins.errors import NoModelLoaded, NotExplainable, ServingError, UnknownModel, reason
 from penguins.explain import CUSTOM_OBJECT as EXPLAIN_OBJECT
 from penguins.explain import Explainer, Explanation
 from penguins.names import MODEL_PREFIX, route_of
 from penguins.predict import OnnxPredictor, Predictor, SklearnPredictor, columns_of
-from penguins.repository import Repository, RepositoryError
 from penguins.scan import STORE_FAILURE, Failure, RejectedVersion, Skipped, StoredModel, scan_with_rejected
 
 logger = logging.getLogger(__name__)

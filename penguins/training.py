@@ -377,7 +377,7 @@ def _save(trained: TrainedModel, labels: dict[str, str] | None = None) -> str:
     decision as the `status` label added to the project's own."""
     import bentoml
 
-    from penguins import repository
+    from penguins import publishing as repository
 
     metadata = {
         **trained.metrics,

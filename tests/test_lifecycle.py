@@ -7,6 +7,7 @@ import io
 
 import pytest
 
+from penguins.bucket import Manifest, Repository
 from penguins.lifecycle import (
     NOT_SERVED,
     REJECTED,
@@ -17,7 +18,6 @@ from penguins.lifecycle import (
     plan_repository,
     plan_store,
 )
-from penguins.repository import Manifest, Repository
 
 
 class FakeS3:

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from benchmarks.peers import _mlserver_answers, _mlserver_body, export, feature_rows, peers
+from benchmarks.peers.catalog import _mlserver_answers, _mlserver_body, export, feature_rows, peers
 from benchmarks.peers.compare import _agreement
 from penguins.contract import FEATURES, SPECIES
 from penguins.names import model_name

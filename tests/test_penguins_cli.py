@@ -135,7 +135,7 @@ def test_every_subcommand_has_help_and_what_hid_behind_python_m_is_dispatched(tm
         assert command in top
         assert "usage:" in penguins(None, command, "--help").stdout, command
     assert "--keep N" in penguins(None, "prune", "--help").stdout
-    # The repository's own command line, as `python -m penguins.repository` has it.
+    # The repository's command line (`python -m penguins.cli repository` where the command is not installed).
     unset = penguins(tmp_path, "repository", "status", check=False)
     assert unset.returncode == 2 and "PENGUINS_MODEL_REPOSITORY is not set" in unset.stderr
     # The database's: ingest the bundled rows into a SQLite file.

@@ -8,7 +8,8 @@ import tarfile
 
 import pytest
 
-from penguins.repository import Manifest, parse, unpack
+from penguins.bucket import Manifest, parse
+from penguins.install import unpack
 from penguins.testing import version_dir
 
 

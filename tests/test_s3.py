@@ -27,9 +27,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from penguins.bucket import MANIFEST, Repository
 from penguins.contract import EXAMPLE_PENGUIN
 from penguins.names import endpoint_name, model_name
-from penguins.repository import MANIFEST, Repository
 from penguins.scan import scan
 from penguins.testing import ROOT, serve, tags_answering
 from tests.s3 import SeaweedFS, Unavailable, ci, weed_binary

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import re
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
+from penguins.gate import DEFAULT_TOLERANCE
 from penguins.settings import Settings
 
 
@@ -35,3 +40,63 @@ def test_a_bad_secret_file_fails_the_start(tmp_path, monkeypatch, problem):
         monkeypatch.delenv("PENGUINS_ADMIN_TOKEN", raising=False)
     with pytest.raises((ValidationError, OSError)):
         Settings()
+
+
+# -- docs/configuration.md against Settings ----------------------------------------------------------------------------
+
+CONFIGURATION_DOC = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
+VARIABLE = re.compile(r"PENGUINS_[A-Z0-9_]+")
+
+
+def _doc_defaults() -> dict[str, str]:
+    """Variable -> the default the doc's table gives it. A row may name several variables (`A`, `B` or `A` / `B`)
+    with as many defaults, in order, separated the same way."""
+    defaults: dict[str, str] = {}
+    for line in CONFIGURATION_DOC.read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if not line.startswith("|") or len(cells) < 3:
+            continue
+        names = VARIABLE.findall(cells[0])
+        if not names:
+            continue
+        values = [v.strip() for v in re.split(r",\s+|\s+/\s+", cells[1])] if len(names) > 1 else [cells[1]]
+        assert len(values) == len(names), f"{cells[0]}: {len(names)} variables, defaults {cells[1]!r}"
+        defaults.update(zip(names, values, strict=True))
+    return defaults
+
+
+def _renderings(default: object) -> set[str]:
+    """How the doc may write a default: as the environment spells it, or in KiB/MiB for a byte count."""
+    if isinstance(default, bool):
+        return {str(default).lower()}
+    if isinstance(default, int | float):
+        shown = {str(default), f"{default:g}"}
+        for unit, size in (("KiB", 1024), ("MiB", 1024 * 1024)):
+            if isinstance(default, int) and default >= size and default % size == 0:
+                shown.add(f"{default // size} {unit}")
+        return shown
+    if isinstance(default, list):
+        return {f"`{default}`"}
+    return {str(default), f"`{default}`"}
+
+
+def test_the_configuration_doc_lists_every_setting_with_its_default_and_nothing_else(monkeypatch):
+    for name in list(os.environ):
+        if name.startswith("PENGUINS_"):
+            monkeypatch.delenv(name)
+    documented = _doc_defaults()
+    fields = {f"PENGUINS_{name.upper()}": name for name in Settings.model_fields}
+    assert sorted(set(fields) - set(documented)) == [], "settings the doc's table lacks"
+    named = set(VARIABLE.findall(CONFIGURATION_DOC.read_text()))
+    assert sorted(named - set(fields)) == [], "variables the doc names that are no setting"
+    defaults = Settings()
+    for variable, name in fields.items():
+        default = getattr(defaults, name)
+        if default is None:  # unset: the doc says what that means (unset, host name, a path) in its own words
+            assert documented[variable] and not documented[variable][0].isdigit(), variable
+            continue
+        assert documented[variable] in _renderings(default), (variable, documented[variable], default)
+
+
+def test_the_tolerance_default_is_the_gates():
+    assert Settings.model_fields["tolerance"].default == DEFAULT_TOLERANCE

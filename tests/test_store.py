@@ -11,8 +11,8 @@ import pytest
 
 from penguins.contract import Penguin, Prediction
 from penguins.errors import NoModelLoaded, UnknownModel
+from penguins.install import PULL_LOCK, UNPACKING
 from penguins.names import check_model_name, model_name, route_of
-from penguins.repository import PULL_LOCK, UNPACKING
 from penguins.scan import STORE_FAILURE, scan
 from penguins.store import RELOAD_SIGNAL, Registry
 from penguins.testing import ROOT, version_dir

@@ -24,9 +24,11 @@ from typing import Any
 import httpx
 import psutil
 
-from benchmarks.peers import Peer, export, feature_rows, peers, serve_peer
-from benchmarks.run import BULK_ROWS, settle, wrk
+from benchmarks.load import BULK_ROWS, settle, wrk
+from benchmarks.peers.catalog import Peer, export, feature_rows, peers, serve_peer
 from penguins.contract import EXAMPLE_PENGUIN, FEATURES
+from penguins.data import load_penguins
+from penguins.names import model_name
 from penguins.predict import PROBABILITY_TOLERANCE
 from penguins.testing import run_train, serve
 
@@ -40,9 +42,6 @@ SAME_GRAPH_TOLERANCE = 1e-6
 
 
 def compare(quick: bool, out: Path, rounds: int | None = None) -> int:
-    from penguins.data import load_penguins
-    from penguins.names import model_name
-
     seconds, default_rounds, bulk_repeats = (1, 1, 1) if quick else (5, 5, 5)
     rounds = rounds or default_rounds
     frame = load_penguins()
