@@ -10,9 +10,9 @@ import textwrap
 
 import pytest
 
-pytestmark = pytest.mark.cli  # runs the CI scripts
-
 from penguins.testing import ROOT
+
+pytestmark = pytest.mark.cli  # runs the CI scripts
 
 TIER = textwrap.dedent(
     """

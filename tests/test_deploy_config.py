@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -105,3 +107,36 @@ def test_the_bento_installs_what_the_tests_ran_on_the_loop_and_the_patched_libra
     )
     for distribution in (*TESTED, "uvloop", "httptools"):
         assert pins.get(distribution) == version(distribution), distribution
+
+
+# Dev-only tools (the dev group): nothing the image installs, so nothing the package may import.
+DEV_ONLY = {"pytest", "psutil", "playwright", "schemathesis", "hypothesis", "tests", "benchmarks"}
+
+
+def test_the_bento_holds_what_serving_needs_and_no_test_tooling():
+    """The include list, matched as BentoML matches it (gitwildmatch), over the checkout's files: service.py,
+    train.py and the package go in; tests, benchmarks, notebooks, scripts, deploy files and caches do not; and no
+    module of the package imports a test or benchmark tool."""
+    from pathspec import PathSpec
+
+    bentofile = load("bentofile.yaml")
+    include = PathSpec.from_lines("gitwildmatch", bentofile["include"])
+    exclude = PathSpec.from_lines("gitwildmatch", bentofile["exclude"])
+    files = []
+    for folder, subfolders, names in os.walk(ROOT):
+        subfolders[:] = [d for d in subfolders if not d.startswith(".") and d != "__pycache__"]  # .venv, .git
+        files += [(Path(folder) / name).relative_to(ROOT).as_posix() for name in names]
+    assert "tests/conftest.py" in files and "benchmarks/run.py" in files
+    packed = {f for f in files if include.match_file(f) and not exclude.match_file(f)}
+    assert {"service.py", "train.py", "penguins/__init__.py", "penguins/ui/static/index.html"} <= packed
+    assert {f.split("/")[0] for f in packed} == {"service.py", "train.py", "penguins"}
+    imported = {
+        (path.relative_to(ROOT).as_posix(), name.split(".")[0])
+        for path in (ROOT / "penguins").rglob("*.py")
+        for node in ast.walk(ast.parse(path.read_text()))
+        for name in (
+            [a.name for a in node.names] if isinstance(node, ast.Import)
+            else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+        )
+    }  # fmt: skip
+    assert [(f, n) for f, n in sorted(imported) if n in DEV_ONLY] == []
