@@ -14,7 +14,7 @@ from penguins import adapter
 from penguins.http.hints import strict_input
 from penguins.names import MODEL_PREFIX, endpoint_name, route_of
 from penguins.settings import Settings
-from penguins.store import Snapshot
+from penguins.snapshot import Snapshot
 
 
 def typed_api(name: str, settings: Settings) -> Any:

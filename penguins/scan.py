@@ -265,3 +265,11 @@ def _latest_version(model_dir: Path) -> str:
 
 # BentoML's own rule for a tag's version; no dots at the ends, so never "." or "..".
 _VERSION = re.compile(r"[a-z0-9]([a-z0-9._-]{0,62}[a-z0-9])?")
+
+
+def store_is_there(store_dir: Path) -> bool:
+    """The store's folder exists and can be looked at (False, not an error, when it cannot)."""
+    try:
+        return store_dir.is_dir()
+    except OSError:
+        return False

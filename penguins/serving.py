@@ -18,21 +18,18 @@ from penguins import adapter
 from penguins.adapter import VALIDATED, VALIDATED_JSON
 from penguins.contract import Prediction, penguins_field
 from penguins.errors import ServingError
+from penguins.loaded import LoadedModel
 from penguins.names import default_store_dir, route_of
 from penguins.predlog import PredictionLog, worker_index
+from penguins.refresh import Change
+from penguins.registry import Registry
+from penguins.replica import ReplicaStatus, replica_name
 from penguins.routes import ModelRoutes
 from penguins.scan import Failure, Skipped
 from penguins.settings import Settings, get_settings
-from penguins.store import (
-    Change,
-    LoadedModel,
-    Registry,
-    ReplicaStatus,
-    RepositoryStatus,
-    Signal,
-    Snapshot,
-    replica_name,
-)
+from penguins.signals import Signal
+from penguins.snapshot import Snapshot
+from penguins.upstream import RepositoryStatus
 
 logger = logging.getLogger(__name__)
 
