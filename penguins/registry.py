@@ -7,12 +7,16 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import replace
+from functools import cache
 from pathlib import Path
 
+from penguins import repository
 from penguins.loaded import LoadedModel
+from penguins.names import default_store_dir
 from penguins.refresh import Change, refresh
 from penguins.replica import ReplicaStatus, replica_name
 from penguins.repository import Repository
+from penguins.settings import get_settings
 from penguins.signals import LocalSignals, Signal
 from penguins.snapshot import Snapshot
 from penguins.upstream import Upstream, now
@@ -171,3 +175,9 @@ class Registry:
         for where, why in failed:
             logger.error("reload signal not written to the %s: %s", where, why)
         return Signal(tuple(written), tuple(failed), pending=self.upstream is not None and self.upstream.signal_owed)
+
+
+@cache
+def get_registry() -> Registry:
+    """The worker's one registry, made on first use (never at import)."""
+    return Registry(default_store_dir(), compiled=get_settings().compiled, repository=repository.configured())

@@ -1,0 +1,246 @@
+"""The answers of `models` and `reload`: what a worker serves, holds and skips, and what a reload changed, with
+its replica's and repository's status."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from penguins import adapter
+from penguins.loaded import LoadedModel
+from penguins.names import route_of
+from penguins.predlog import worker_index
+from penguins.refresh import Change
+from penguins.replica import ReplicaStatus
+from penguins.scan import Failure, Skipped
+from penguins.signals import Signal
+from penguins.snapshot import Snapshot
+from penguins.upstream import RepositoryStatus
+
+# BentoML publishes `X | None` as X alone (it flattens the anyOf): this keeps null allowed in the document.
+NULLABLE = {"nullable": True}
+
+
+class FailureInfo(BaseModel):
+    name: str
+    tag: str | None
+    reason: str
+
+
+class ModelInfo(BaseModel):
+    name: str
+    tag: str
+    algorithm: str
+    default: bool = Field(description="Used by classify when no model is named")
+    route: str = Field(description="Its own endpoint (POST), which answers as soon as the model is served")
+    predictor: str = Field(description="onnx (compiled at save time) or sklearn")
+    trained_at: str | None
+    metrics: dict[str, Any]
+
+
+class RejectedInfo(BaseModel):
+    name: str
+    tag: str
+    algorithm: str
+    trained_at: str | None
+    metrics: dict[str, Any]
+    gate: dict[str, Any] = Field(description="The promotion gate's decision: scores compared, tolerance, reason")
+
+
+class SkippedInfo(BaseModel):
+    name: str
+    tag: str | None
+    reason: str
+    fix: str = Field(description="The call that would serve it")
+
+
+class RepositoryInfo(BaseModel):
+    url: str = Field(description="PENGUINS_MODEL_REPOSITORY")
+    reachable: bool | None = Field(description="As this worker last saw it; null before it first asked")
+    unreachable_since: str | None
+    error: str | None
+    last_pull: str | None = Field(description="When this worker last fetched what the local store lacked")
+    incomplete: list[str] = Field(description="Versions uploaded without a manifest (in progress or interrupted)")
+    store_error: str | None = Field(description="Why nothing could be pulled into the local store (read-only)")
+    signal_pending: bool = Field(description="A reload's signal could not be written yet; retried periodically")
+
+
+class ReplicaInfo(BaseModel):
+    name: str = Field(description="PENGUINS_REPLICA_NAME, else the host (container) name")
+    worker: int | None
+    store: str
+    sync_interval_seconds: float | None = Field(description="How often this worker checks the signals by itself")
+    last_check: str | None
+    signal_error: str | None = Field(description="The reload signal could not be read or written: why")
+
+
+class SignalFailure(BaseModel):
+    where: str
+    reason: str
+
+
+class SignalInfo(BaseModel):
+    reaches: str = Field(description="Who this reload reached: every replica, those sharing the store, or fewer")
+    written: list[str] = Field(description="store (the shared store), server (this server's workers), repository")
+    failed: list[SignalFailure]
+    pending: bool = Field(description="The repository's signal is written by the periodic check once it answers")
+
+
+class ModelListing(BaseModel):
+    default: str | None
+    models: list[ModelInfo]
+    failures: list[FailureInfo]
+    rejected: list[RejectedInfo] = Field(
+        default_factory=list, description="Versions kept in the store but not served: the promotion gate rejected them"
+    )
+    skipped: list[SkippedInfo] = Field(
+        default_factory=list, description="Penguin-named models in the store that are not served, and why"
+    )
+    replica: ReplicaInfo | None = Field(
+        default=None, description="Which replica and worker answered, and its sync", json_schema_extra=NULLABLE
+    )
+    repository: RepositoryInfo | None = Field(
+        default=None, description="The model repository, when one is set", json_schema_extra=NULLABLE
+    )
+    fixes: adapter.AdapterStatus | None = Field(
+        default=None,
+        description="Which fixes to BentoML's internals are on in this worker, why any is off, and the versions",
+        json_schema_extra=NULLABLE,
+    )
+
+
+class ReloadReport(BaseModel):
+    added: list[str]
+    updated: list[dict[str, str]]
+    removed: list[str]
+    failed: list[FailureInfo]
+    skipped: list[SkippedInfo] = Field(default_factory=list)
+    serving: list[str]
+    default: str | None
+    routes_added: list[str] = Field(default_factory=list, description="Per-model routes that answer from now on")
+    routes_removed: list[str] = Field(default_factory=list, description="Per-model routes gone from now on")
+    routes_answer: str = Field(
+        default="now",
+        description="When the routes above answer: from the next request on, in every worker of this server",
+    )
+    replica: str | None = Field(default=None, description="The replica that answered", json_schema_extra=NULLABLE)
+    signal: SignalInfo | None = Field(
+        default=None, description="How far the reload's signal got", json_schema_extra=NULLABLE
+    )
+    repository: RepositoryInfo | None = Field(
+        default=None, description="The model repository, when one is set", json_schema_extra=NULLABLE
+    )
+
+
+METRIC_KEYS = (
+    "cv_accuracy_mean",
+    "cv_accuracy_std",
+    "test_accuracy",
+    "macro_f1",
+    "confusion_matrix",
+    "classes",
+)
+
+
+def failures(items: tuple[Failure, ...] | list[Failure]) -> list[FailureInfo]:
+    return [FailureInfo(name=f.name, tag=f.tag, reason=f.reason) for f in items]
+
+
+def skipped(items: tuple[Skipped, ...] | list[Skipped]) -> list[SkippedInfo]:
+    return [SkippedInfo(name=s.name, tag=s.tag, reason=s.reason, fix=s.fix) for s in items]
+
+
+def repository_info(status: RepositoryStatus | None) -> RepositoryInfo | None:
+    if status is None:
+        return None
+    return RepositoryInfo(
+        url=status.url,
+        reachable=status.reachable,
+        unreachable_since=status.unreachable_since,
+        error=status.error,
+        last_pull=status.last_pull,
+        incomplete=list(status.incomplete),
+        store_error=status.store_error,
+        signal_pending=status.signal_pending,
+    )
+
+
+def replica_info(status: ReplicaStatus) -> ReplicaInfo:
+    return ReplicaInfo(
+        name=status.name,
+        worker=worker_index(),
+        store=status.store,
+        sync_interval_seconds=status.sync_interval_seconds,
+        last_check=status.last_check,
+        signal_error=status.signal_error,
+    )
+
+
+def signal_info(signal: Signal | None) -> SignalInfo | None:
+    if signal is None:
+        return None
+    return SignalInfo(
+        reaches=signal.reaches,
+        written=list(signal.written),
+        failed=[SignalFailure(where=w, reason=r) for w, r in signal.failed],
+        pending=signal.pending,
+    )
+
+
+def listing(
+    snapshot: Snapshot, status: ReplicaStatus | None = None, fixes: adapter.AdapterStatus | None = None
+) -> ModelListing:
+    best = snapshot.best()
+
+    def info(model: LoadedModel) -> ModelInfo:
+        return ModelInfo(
+            name=model.name,
+            tag=model.tag,
+            algorithm=model.algorithm,
+            default=model is best,
+            route=route_of(model.name),
+            predictor=model.predictor.kind,
+            trained_at=model.metadata.get("trained_at"),
+            metrics={k: model.metadata[k] for k in METRIC_KEYS if k in model.metadata},
+        )
+
+    return ModelListing(
+        default=best.tag if best else None,
+        models=[info(m) for m in snapshot.models.values()],
+        failures=failures(snapshot.failures),
+        rejected=[
+            RejectedInfo(
+                name=r.name,
+                tag=r.tag,
+                algorithm=r.algorithm,
+                trained_at=r.metadata.get("trained_at"),
+                metrics={k: r.metadata[k] for k in METRIC_KEYS if k in r.metadata},
+                gate=r.metadata.get("gate", {}),
+            )
+            for r in snapshot.rejected
+        ],
+        skipped=skipped(snapshot.skipped),
+        replica=replica_info(status) if status else None,
+        repository=repository_info(status.repository) if status else None,
+        fixes=fixes,
+    )
+
+
+def report(change: Change, before: Snapshot, after: Snapshot, status: ReplicaStatus | None = None) -> ReloadReport:
+    best = after.best()
+    old, new = before.routes(), after.routes()
+    return ReloadReport(
+        added=change.added,
+        updated=change.updated,
+        removed=change.removed,
+        failed=failures(change.failed),
+        skipped=skipped(change.skipped),
+        serving=change.serving,
+        default=best.tag if best else None,
+        routes_added=sorted(new.keys() - old.keys()),
+        routes_removed=sorted(old.keys() - new.keys()),
+        replica=status.name if status else None,
+        signal=signal_info(change.signal),
+        repository=repository_info(status.repository) if status else None,
+    )
