@@ -22,12 +22,6 @@ from penguins.upstream import RepositoryStatus
 NULLABLE = {"nullable": True}
 
 
-class FailureInfo(BaseModel):
-    name: str
-    tag: str | None
-    reason: str
-
-
 class ModelInfo(BaseModel):
     name: str
     tag: str
@@ -46,24 +40,6 @@ class RejectedInfo(BaseModel):
     trained_at: str | None
     metrics: dict[str, Any]
     gate: dict[str, Any] = Field(description="The promotion gate's decision: scores compared, tolerance, reason")
-
-
-class SkippedInfo(BaseModel):
-    name: str
-    tag: str | None
-    reason: str
-    fix: str = Field(description="The call that would serve it")
-
-
-class RepositoryInfo(BaseModel):
-    url: str = Field(description="PENGUINS_MODEL_REPOSITORY")
-    reachable: bool | None = Field(description="As this worker last saw it; null before it first asked")
-    unreachable_since: str | None
-    error: str | None
-    last_pull: str | None = Field(description="When this worker last fetched what the local store lacked")
-    incomplete: list[str] = Field(description="Versions uploaded without a manifest (in progress or interrupted)")
-    store_error: str | None = Field(description="Why nothing could be pulled into the local store (read-only)")
-    signal_pending: bool = Field(description="A reload's signal could not be written yet; retried periodically")
 
 
 class ReplicaInfo(BaseModel):
@@ -90,17 +66,17 @@ class SignalInfo(BaseModel):
 class ModelListing(BaseModel):
     default: str | None
     models: list[ModelInfo]
-    failures: list[FailureInfo]
+    failures: list[Failure]
     rejected: list[RejectedInfo] = Field(
         default_factory=list, description="Versions kept in the store but not served: the promotion gate rejected them"
     )
-    skipped: list[SkippedInfo] = Field(
+    skipped: list[Skipped] = Field(
         default_factory=list, description="Penguin-named models in the store that are not served, and why"
     )
     replica: ReplicaInfo | None = Field(
         default=None, description="Which replica and worker answered, and its sync", json_schema_extra=NULLABLE
     )
-    repository: RepositoryInfo | None = Field(
+    repository: RepositoryStatus | None = Field(
         default=None, description="The model repository, when one is set", json_schema_extra=NULLABLE
     )
     fixes: adapter.AdapterStatus | None = Field(
@@ -114,8 +90,8 @@ class ReloadReport(BaseModel):
     added: list[str]
     updated: list[dict[str, str]]
     removed: list[str]
-    failed: list[FailureInfo]
-    skipped: list[SkippedInfo] = Field(default_factory=list)
+    failed: list[Failure]
+    skipped: list[Skipped] = Field(default_factory=list)
     serving: list[str]
     default: str | None
     routes_added: list[str] = Field(default_factory=list, description="Per-model routes that answer from now on")
@@ -128,7 +104,7 @@ class ReloadReport(BaseModel):
     signal: SignalInfo | None = Field(
         default=None, description="How far the reload's signal got", json_schema_extra=NULLABLE
     )
-    repository: RepositoryInfo | None = Field(
+    repository: RepositoryStatus | None = Field(
         default=None, description="The model repository, when one is set", json_schema_extra=NULLABLE
     )
 
@@ -141,29 +117,6 @@ METRIC_KEYS = (
     "confusion_matrix",
     "classes",
 )
-
-
-def failures(items: tuple[Failure, ...] | list[Failure]) -> list[FailureInfo]:
-    return [FailureInfo(name=f.name, tag=f.tag, reason=f.reason) for f in items]
-
-
-def skipped(items: tuple[Skipped, ...] | list[Skipped]) -> list[SkippedInfo]:
-    return [SkippedInfo(name=s.name, tag=s.tag, reason=s.reason, fix=s.fix) for s in items]
-
-
-def repository_info(status: RepositoryStatus | None) -> RepositoryInfo | None:
-    if status is None:
-        return None
-    return RepositoryInfo(
-        url=status.url,
-        reachable=status.reachable,
-        unreachable_since=status.unreachable_since,
-        error=status.error,
-        last_pull=status.last_pull,
-        incomplete=list(status.incomplete),
-        store_error=status.store_error,
-        signal_pending=status.signal_pending,
-    )
 
 
 def replica_info(status: ReplicaStatus) -> ReplicaInfo:
@@ -208,7 +161,7 @@ def listing(
     return ModelListing(
         default=best.tag if best else None,
         models=[info(m) for m in snapshot.models.values()],
-        failures=failures(snapshot.failures),
+        failures=list(snapshot.failures),
         rejected=[
             RejectedInfo(
                 name=r.name,
@@ -220,9 +173,9 @@ def listing(
             )
             for r in snapshot.rejected
         ],
-        skipped=skipped(snapshot.skipped),
+        skipped=list(snapshot.skipped),
         replica=replica_info(status) if status else None,
-        repository=repository_info(status.repository) if status else None,
+        repository=status.repository if status else None,
         fixes=fixes,
     )
 
@@ -234,13 +187,13 @@ def report(change: Change, before: Snapshot, after: Snapshot, status: ReplicaSta
         added=change.added,
         updated=change.updated,
         removed=change.removed,
-        failed=failures(change.failed),
-        skipped=skipped(change.skipped),
+        failed=change.failed,
+        skipped=change.skipped,
         serving=change.serving,
         default=best.tag if best else None,
         routes_added=sorted(new.keys() - old.keys()),
         routes_removed=sorted(old.keys() - new.keys()),
         replica=status.name if status else None,
         signal=signal_info(change.signal),
-        repository=repository_info(status.repository) if status else None,
+        repository=status.repository if status else None,
     )

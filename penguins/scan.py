@@ -10,6 +10,9 @@ from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
 
+from pydantic import Field
+from pydantic.dataclasses import dataclass as answer_record
+
 from penguins.adapter.layout import LATEST, read_latest
 from penguins.errors import reason
 from penguins.names import MODEL_PREFIX, PROJECT, REJECTED, STATUS_LABEL, check_model_name
@@ -18,8 +21,11 @@ STORE_FAILURE = "model store"
 REPOSITORY_FAILURE = "model repository"
 
 
-@dataclass(frozen=True)
+# Failure and Skipped are also what `models` and `reload` answer (pydantic dataclasses: one type per concept).
+@answer_record(frozen=True)
 class Failure:
+    """A store entry that could not be served, and why."""
+
     name: str
     reason: str
     tag: str | None = None
@@ -35,14 +41,14 @@ class StoredModel:
     path: Path
 
 
-@dataclass(frozen=True)
+@answer_record(frozen=True)
 class Skipped:
     """A penguin-named model that is not served, why, and the one call that would serve it."""
 
     name: str
     tag: str | None
     reason: str
-    fix: str
+    fix: str = Field(description="The call that would serve it")
 
 
 @dataclass(frozen=True)

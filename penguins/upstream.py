@@ -4,9 +4,12 @@ could not bring, and the reload signal owed to it while it does not answer."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field
+from pydantic.dataclasses import dataclass
 
 from penguins.repository import Repository, RepositoryError
 from penguins.scan import Failure
@@ -16,14 +19,22 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class RepositoryStatus:
-    url: str
-    reachable: bool | None  # None: not asked yet
+    """The model repository as this worker last saw it: also what `models` and `reload` answer."""
+
+    url: Annotated[str, Field(description="PENGUINS_MODEL_REPOSITORY")]
+    reachable: Annotated[bool | None, Field(description="As this worker last saw it; null before it first asked")]
     unreachable_since: str | None
     error: str | None
-    last_pull: str | None
-    incomplete: tuple[str, ...] = ()  # archives without a manifest: uploads in progress or interrupted
-    store_error: str | None = None  # why nothing could be pulled into the local store
-    signal_pending: bool = False
+    last_pull: Annotated[str | None, Field(description="When this worker last fetched what the local store lacked")]
+    incomplete: tuple[str, ...] = Field(
+        default=(), description="Versions uploaded without a manifest (in progress or interrupted)"
+    )
+    store_error: str | None = Field(
+        default=None, description="Why nothing could be pulled into the local store (read-only)"
+    )
+    signal_pending: bool = Field(
+        default=False, description="A reload's signal could not be written yet; retried periodically"
+    )
 
 
 def now() -> str:
