@@ -179,32 +179,38 @@ def _readable_entries(store_dir: Path, failures: list[Failure], skipped: list[Sk
         failures.append(Failure(STORE_FAILURE, f"cannot read the model store {store_dir} ({reason(error)})"))
         return
     for entry in entries:
-        name = entry.name
-        if name.startswith(".") or not re.fullmatch(r"[a-z0-9][a-z0-9._-]*", name):
-            continue
-        version = None
-        try:
-            if not entry.is_dir():
-                continue
-            version = _latest_version(entry)
-            model = _read_model(entry / version)
-            if model.tag.name != name:
-                raise ValueError(f"its folder holds a copy of {model.tag} (a version must be its own model's)")
-        except Exception as error:
-            if name.startswith(MODEL_PREFIX):  # only our own names are worth a report
-                failures.append(Failure(name, reason(error), f"{name}:{version}" if version else None))
-            continue
-        if not _is_ours(model):
-            if name.startswith(MODEL_PREFIX):  # penguin-named: never ignored silently
-                skipped.append(_skipped_unlabelled(name, str(model.tag)))
-            continue
-        try:
-            check_model_name(name.removeprefix(MODEL_PREFIX))
-        except ValueError as error:
-            skipped.append(Skipped(name, str(model.tag), str(error), "save it again under a valid name"))
-            continue
-        algorithm = model.info.labels.get("algorithm") or name.removeprefix(MODEL_PREFIX)
-        yield _Entry(name, entry, algorithm, (version, model))
+        if not entry.name.startswith(".") and re.fullmatch(r"[a-z0-9][a-z0-9._-]*", entry.name):
+            found = _entry(entry, failures, skipped)
+            if found is not None:
+                yield found
+
+
+def _entry(entry: Path, failures: list[Failure], skipped: list[Skipped]) -> _Entry | None:
+    """One folder of the store as a model of ours to serve, or None (reported when its name is a penguin's)."""
+    name = entry.name
+    version = None
+    try:
+        if not entry.is_dir():
+            return None
+        version = _latest_version(entry)
+        model = _read_model(entry / version)
+        if model.tag.name != name:
+            raise ValueError(f"its folder holds a copy of {model.tag} (a version must be its own model's)")
+    except Exception as error:
+        if name.startswith(MODEL_PREFIX):  # only our own names are worth a report
+            failures.append(Failure(name, reason(error), f"{name}:{version}" if version else None))
+        return None
+    if not _is_ours(model):
+        if name.startswith(MODEL_PREFIX):  # penguin-named: never ignored silently
+            skipped.append(_skipped_unlabelled(name, str(model.tag)))
+        return None
+    try:
+        check_model_name(name.removeprefix(MODEL_PREFIX))
+    except ValueError as error:
+        skipped.append(Skipped(name, str(model.tag), str(error), "save it again under a valid name"))
+        return None
+    algorithm = model.info.labels.get("algorithm") or name.removeprefix(MODEL_PREFIX)
+    return _Entry(name, entry, algorithm, (version, model))
 
 
 def _skipped_unlabelled(name: str, tag: str) -> Skipped:
