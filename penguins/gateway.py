@@ -15,6 +15,7 @@ import anyio
 
 from penguins.adapter import VALIDATED, VALIDATED_JSON
 from penguins.errors import ServingError
+from penguins.http.asgi import send_json
 from penguins.names import MODEL_ROUTE_PREFIX, default_store_dir
 from penguins.predlog import PredictionLog, worker_index
 from penguins.registry import get_registry
@@ -177,7 +178,4 @@ def _replay(body: bytes, receive: Callable[..., Any]) -> Callable[..., Any]:
 
 
 async def _respond(send: Callable[..., Any], error: ServingError, extra_headers: list | None = None) -> None:
-    status, body = error.status, error.body()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    await send({"type": "http.response.start", "status": status, "headers": headers + (extra_headers or [])})
-    await send({"type": "http.response.body", "body": body})
+    await send_json(send, error.status, error.body(), headers=extra_headers or ())
