@@ -51,18 +51,6 @@ class ReplicaInfo(BaseModel):
     signal_error: str | None = Field(description="The reload signal could not be read or written: why")
 
 
-class SignalFailure(BaseModel):
-    where: str
-    reason: str
-
-
-class SignalInfo(BaseModel):
-    reaches: str = Field(description="Who this reload reached: every replica, those sharing the store, or fewer")
-    written: list[str] = Field(description="store (the shared store), server (this server's workers), repository")
-    failed: list[SignalFailure]
-    pending: bool = Field(description="The repository's signal is written by the periodic check once it answers")
-
-
 class ModelListing(BaseModel):
     default: str | None
     models: list[ModelInfo]
@@ -101,7 +89,7 @@ class ReloadReport(BaseModel):
         description="When the routes above answer: from the next request on, in every worker of this server",
     )
     replica: str | None = Field(default=None, description="The replica that answered", json_schema_extra=NULLABLE)
-    signal: SignalInfo | None = Field(
+    signal: Signal | None = Field(
         default=None, description="How far the reload's signal got", json_schema_extra=NULLABLE
     )
     repository: RepositoryStatus | None = Field(
@@ -127,17 +115,6 @@ def replica_info(status: ReplicaStatus) -> ReplicaInfo:
         sync_interval_seconds=status.sync_interval_seconds,
         last_check=status.last_check,
         signal_error=status.signal_error,
-    )
-
-
-def signal_info(signal: Signal | None) -> SignalInfo | None:
-    if signal is None:
-        return None
-    return SignalInfo(
-        reaches=signal.reaches,
-        written=list(signal.written),
-        failed=[SignalFailure(where=w, reason=r) for w, r in signal.failed],
-        pending=signal.pending,
     )
 
 
@@ -194,6 +171,6 @@ def report(change: Change, before: Snapshot, after: Snapshot, status: ReplicaSta
         routes_added=sorted(new.keys() - old.keys()),
         routes_removed=sorted(old.keys() - new.keys()),
         replica=status.name if status else None,
-        signal=signal_info(change.signal),
+        signal=change.signal,
         repository=status.repository if status else None,
     )

@@ -174,7 +174,7 @@ class Registry:
         self.signals.failed = failed
         for where, why in failed:
             logger.error("reload signal not written to the %s: %s", where, why)
-        return Signal(tuple(written), tuple(failed), pending=self.upstream is not None and self.upstream.signal_owed)
+        return Signal.of(tuple(written), tuple(failed), pending=self.upstream is not None and self.upstream.signal_owed)
 
 
 @cache

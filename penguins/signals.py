@@ -8,9 +8,11 @@ import logging
 import os
 import tempfile
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import Field
+from pydantic.dataclasses import dataclass as answer_record
 
 from penguins.errors import reason
 from penguins.scan import store_is_there
@@ -21,25 +23,42 @@ logger = logging.getLogger(__name__)
 RELOAD_SIGNAL = ".penguins-reload"
 
 
-@dataclass(frozen=True)
+@answer_record(frozen=True)
+class SignalFailure:
+    where: str
+    reason: str
+
+
+@answer_record(frozen=True)
 class Signal:
-    """Where a reload's signal was written (`store`: the shared store; `server`: this server's own, when the store
-    is read-only; `repository`: the bucket) and where it could not be."""
+    """Where a reload's signal was written and where it could not be: also what `reload` answers."""
 
-    written: tuple[str, ...]
-    failed: tuple[tuple[str, str], ...] = ()  # (where, why)
-    pending: bool = False  # the repository's signal is owed: the periodic check writes it once it answers
+    reaches: Annotated[
+        str, Field(description="Who this reload reached: every replica, those sharing the store, or fewer")
+    ]
+    written: Annotated[
+        tuple[str, ...], Field(description="store (the shared store), server (this server's workers), repository")
+    ]
+    failed: tuple[SignalFailure, ...]
+    pending: Annotated[
+        bool, Field(description="The repository's signal is written by the periodic check once it answers")
+    ]
 
-    @property
-    def reaches(self) -> str:
-        if "repository" in self.written:
-            return "every replica"
-        if "store" in self.written:
-            later = "; replicas elsewhere once the repository answers" if self.pending else ""
-            return "every replica sharing this store" + later
-        if "server" in self.written:
-            return "this server's workers only: other replicas were not told"
-        return "this worker only: other workers and replicas were not told"
+    @classmethod
+    def of(cls, written: tuple[str, ...], failed: tuple[tuple[str, str], ...] = (), pending: bool = False) -> Signal:
+        """`failed`: (where, why) pairs; `pending`: the repository's signal is owed."""
+        return cls(_reaches(written, pending), written, tuple(SignalFailure(w, r) for w, r in failed), pending)
+
+
+def _reaches(written: tuple[str, ...], pending: bool) -> str:
+    if "repository" in written:
+        return "every replica"
+    if "store" in written:
+        later = "; replicas elsewhere once the repository answers" if pending else ""
+        return "every replica sharing this store" + later
+    if "server" in written:
+        return "this server's workers only: other replicas were not told"
+    return "this worker only: other workers and replicas were not told"
 
 
 class LocalSignals:

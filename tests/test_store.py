@@ -303,7 +303,7 @@ def test_a_store_that_cannot_take_the_signal_reaches_this_servers_workers_and_sa
         worker_1.sync(), worker_2.sync()
         shutil.rmtree(store / model_name("knn"))
         signal = worker_1.reload().signal
-        assert signal.written == ("server",) and signal.failed[0][0] == "store"
+        assert signal.written == ("server",) and signal.failed[0].where == "store"
         assert signal.reaches.startswith("this server's workers only")
         assert RELOAD_SIGNAL in worker_1.status().signal_error
         assert model_name("knn") not in worker_2.sync().models
