@@ -17,26 +17,19 @@ from pydantic_core import to_json
 from starlette.responses import Response
 
 from penguins import adapter, ui
+from penguins.api_types import ModelName, Penguins, Predictions
 from penguins.coalesce import Coalesced, reloads_counter
 from penguins.contract import Penguin
 from penguins.errors import answers_errors
 from penguins.explain import DEFAULT_NEIGHBOURS, MAX_NEIGHBOURS, Explanation, TrainingMap
+from penguins.gateway import Gateway
 from penguins.http import admission, front, hints, metrics, openapi
+from penguins.listing import ModelListing, ReloadReport, listing, report
 from penguins.logs import quiet_client_errors
+from penguins.names import MODEL_ROUTE_PREFIX
 from penguins.predlog import worker_index
-from penguins.serving import (
-    MODEL_ROUTE_PREFIX,
-    Gateway,
-    ModelListing,
-    ModelName,
-    Penguins,
-    Predictions,
-    ReloadReport,
-    get_registry,
-    listing,
-    report,
-    server_config,
-)
+from penguins.registry import get_registry
+from penguins.serving import server_config
 from penguins.settings import get_settings
 from penguins.startup import startup_line
 

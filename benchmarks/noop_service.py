@@ -5,9 +5,10 @@ import gc
 import bentoml
 
 from penguins import adapter
+from penguins.api_types import Penguins, Predictions
 from penguins.contract import Prediction
 from penguins.predlog import worker_index
-from penguins.serving import Penguins, Predictions, server_config
+from penguins.serving import server_config
 from penguins.settings import get_settings
 
 settings = get_settings()

@@ -51,7 +51,8 @@ def in_process(home: Path) -> dict:
 import json, time, statistics, numpy as np
 from penguins.data import load_penguins
 from penguins.predict import SklearnPredictor, columns_from_frame
-from penguins.store import Registry, load
+from penguins.loaded import load
+from penguins.registry import Registry
 from penguins.scan import scan
 from penguins.names import default_store_dir
 frame = load_penguins()

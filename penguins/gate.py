@@ -10,7 +10,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from penguins import publishing as repository
 from penguins.names import REJECTED, STATUS_LABEL, default_store_dir
+from penguins.saving import TrainedModel, save
 from penguins.scan import StoredModel, scan
 
 PROMOTED = "promoted"
@@ -84,17 +86,14 @@ def skipped(metrics: dict[str, Any]) -> Decision:
 
 
 def save_gated(
-    trained: Any, tolerance: float = DEFAULT_TOLERANCE, gate: bool = True, store_dir: Path | None = None
+    trained: TrainedModel, tolerance: float = DEFAULT_TOLERANCE, gate: bool = True, store_dir: Path | None = None
 ) -> tuple[str, Decision]:
-    """Decide, then save `trained` (a training.TrainedModel) with the decision as its `status` label and in its
+    """Decide, then save `trained` with the decision as its `status` label and in its
     metadata (`gate`). Returns the new tag and the decision."""
-    from penguins import publishing as repository
-    from penguins.training import _save
-
     # With a model repository, the served version to beat may have been trained on another machine: fetch it first.
     if gate:
         repository.pull(store_dir)
     decision = decide(trained.name, trained.metrics, tolerance, store_dir) if gate else skipped(trained.metrics)
     trained.provenance["gate"] = decision.as_metadata()
-    tag = _save(trained, labels={STATUS_LABEL: decision.status})
+    tag = save(trained, labels={STATUS_LABEL: decision.status})
     return tag, decision

@@ -23,6 +23,10 @@ def labels_for(algorithm: str) -> dict[str, str]:
     return {"project": PROJECT, "algorithm": algorithm}
 
 
+# Every per-model route starts so (endpoint_name).
+MODEL_ROUTE_PREFIX = "/classify_"
+
+
 def endpoint_name(algorithm: str) -> str:
     """`random-forest` -> `classify_random_forest`: a Python identifier, so the client can call it."""
     return "classify_" + re.sub(r"\W", "_", algorithm)

@@ -11,17 +11,16 @@ from __future__ import annotations
 from typing import Any
 
 from penguins import adapter
+from penguins.api_types import Penguins, Predictions
 from penguins.http.hints import strict_input
 from penguins.names import MODEL_PREFIX, endpoint_name, route_of
 from penguins.settings import Settings
-from penguins.store import Snapshot
+from penguins.snapshot import Snapshot
 
 
 def typed_api(name: str, settings: Settings) -> Any:
     """The API method of one model: `penguins-extra-trees` -> `classify_extra_trees` at `/classify_extra_trees`."""
     import bentoml
-
-    from penguins.serving import Penguins, Predictions
 
     def endpoint(self, penguins):
         # The gateway answered already when the model is not served; `retired` keeps a model a reload removed for

@@ -10,6 +10,9 @@ from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
 
+from pydantic import Field
+from pydantic.dataclasses import dataclass as answer_record
+
 from penguins.adapter.layout import LATEST, read_latest
 from penguins.errors import reason
 from penguins.names import MODEL_PREFIX, PROJECT, REJECTED, STATUS_LABEL, check_model_name
@@ -18,8 +21,11 @@ STORE_FAILURE = "model store"
 REPOSITORY_FAILURE = "model repository"
 
 
-@dataclass(frozen=True)
+# Failure and Skipped are also what `models` and `reload` answer (pydantic dataclasses: one type per concept).
+@answer_record(frozen=True)
 class Failure:
+    """A store entry that could not be served, and why."""
+
     name: str
     reason: str
     tag: str | None = None
@@ -35,14 +41,14 @@ class StoredModel:
     path: Path
 
 
-@dataclass(frozen=True)
+@answer_record(frozen=True)
 class Skipped:
     """A penguin-named model that is not served, why, and the one call that would serve it."""
 
     name: str
     tag: str | None
     reason: str
-    fix: str
+    fix: str = Field(description="The call that would serve it")
 
 
 @dataclass(frozen=True)
@@ -173,32 +179,38 @@ def _readable_entries(store_dir: Path, failures: list[Failure], skipped: list[Sk
         failures.append(Failure(STORE_FAILURE, f"cannot read the model store {store_dir} ({reason(error)})"))
         return
     for entry in entries:
-        name = entry.name
-        if name.startswith(".") or not re.fullmatch(r"[a-z0-9][a-z0-9._-]*", name):
-            continue
-        version = None
-        try:
-            if not entry.is_dir():
-                continue
-            version = _latest_version(entry)
-            model = _read_model(entry / version)
-            if model.tag.name != name:
-                raise ValueError(f"its folder holds a copy of {model.tag} (a version must be its own model's)")
-        except Exception as error:
-            if name.startswith(MODEL_PREFIX):  # only our own names are worth a report
-                failures.append(Failure(name, reason(error), f"{name}:{version}" if version else None))
-            continue
-        if not _is_ours(model):
-            if name.startswith(MODEL_PREFIX):  # penguin-named: never ignored silently
-                skipped.append(_skipped_unlabelled(name, str(model.tag)))
-            continue
-        try:
-            check_model_name(name.removeprefix(MODEL_PREFIX))
-        except ValueError as error:
-            skipped.append(Skipped(name, str(model.tag), str(error), "save it again under a valid name"))
-            continue
-        algorithm = model.info.labels.get("algorithm") or name.removeprefix(MODEL_PREFIX)
-        yield _Entry(name, entry, algorithm, (version, model))
+        if not entry.name.startswith(".") and re.fullmatch(r"[a-z0-9][a-z0-9._-]*", entry.name):
+            found = _entry(entry, failures, skipped)
+            if found is not None:
+                yield found
+
+
+def _entry(entry: Path, failures: list[Failure], skipped: list[Skipped]) -> _Entry | None:
+    """One folder of the store as a model of ours to serve, or None (reported when its name is a penguin's)."""
+    name = entry.name
+    version = None
+    try:
+        if not entry.is_dir():
+            return None
+        version = _latest_version(entry)
+        model = _read_model(entry / version)
+        if model.tag.name != name:
+            raise ValueError(f"its folder holds a copy of {model.tag} (a version must be its own model's)")
+    except Exception as error:
+        if name.startswith(MODEL_PREFIX):  # only our own names are worth a report
+            failures.append(Failure(name, reason(error), f"{name}:{version}" if version else None))
+        return None
+    if not _is_ours(model):
+        if name.startswith(MODEL_PREFIX):  # penguin-named: never ignored silently
+            skipped.append(_skipped_unlabelled(name, str(model.tag)))
+        return None
+    try:
+        check_model_name(name.removeprefix(MODEL_PREFIX))
+    except ValueError as error:
+        skipped.append(Skipped(name, str(model.tag), str(error), "save it again under a valid name"))
+        return None
+    algorithm = model.info.labels.get("algorithm") or name.removeprefix(MODEL_PREFIX)
+    return _Entry(name, entry, algorithm, (version, model))
 
 
 def _skipped_unlabelled(name: str, tag: str) -> Skipped:
@@ -265,3 +277,11 @@ def _latest_version(model_dir: Path) -> str:
 
 # BentoML's own rule for a tag's version; no dots at the ends, so never "." or "..".
 _VERSION = re.compile(r"[a-z0-9]([a-z0-9._-]{0,62}[a-z0-9])?")
+
+
+def store_is_there(store_dir: Path) -> bool:
+    """The store's folder exists and can be looked at (False, not an error, when it cannot)."""
+    try:
+        return store_dir.is_dir()
+    except OSError:
+        return False

@@ -10,7 +10,7 @@ from typing import Any
 
 from penguins.names import MODEL_PREFIX
 from penguins.scan import Failure, StoredModel
-from penguins.store import Snapshot
+from penguins.snapshot import Snapshot
 
 
 def train_command(store_dir: Path) -> str:

@@ -41,8 +41,8 @@ def test_the_service_applies_them_when_it_starts(client):
 def test_a_model_a_reload_drops_is_freed_without_the_collector(store_dir):
     """Frozen objects are never collected: a model frozen at start-up must be freed by reference counting alone when a
     reload replaces it, so no loaded model may leave a reference cycle behind."""
+    from penguins.loaded import load
     from penguins.scan import scan
-    from penguins.store import load
 
     for stored in scan(store_dir)[0]:
         for compiled in (True, False):

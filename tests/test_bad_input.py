@@ -115,7 +115,7 @@ def test_a_body_over_the_limit_is_refused_before_it_is_read(client, example):
 def guarded(client):
     """The in-process service with an admin token configured on its gateway (one ASGI app per process: BentoML
     registers its metrics globally), restored afterwards."""
-    from penguins.serving import Gateway
+    from penguins.gateway import Gateway
 
     node = client.app.middleware_stack
     while not isinstance(node, Gateway):

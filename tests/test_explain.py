@@ -8,10 +8,10 @@ import pytest
 
 from penguins.contract import EXAMPLE_PENGUIN, FEATURES, SPECIES, Penguin, Prediction
 from penguins.explain import CUSTOM_OBJECT, MAX_NEIGHBOURS, Explainer, frame_of
+from penguins.loaded import load
 from penguins.names import model_name
 from penguins.predict import SklearnPredictor, columns_of
 from penguins.scan import scan
-from penguins.store import load
 from penguins.training import ALGORITHMS, split, train
 from penguins.ui import STATIC
 from tests.openapi import request_schema

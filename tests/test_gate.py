@@ -14,10 +14,10 @@ import yaml
 from penguins.contract import EXAMPLE_PENGUIN
 from penguins.errors import UnknownModel
 from penguins.gate import Decision, decide
+from penguins.listing import listing
 from penguins.names import REJECTED, STATUS_LABEL, model_name
+from penguins.registry import Registry
 from penguins.scan import scan
-from penguins.serving import listing
-from penguins.store import Registry
 from penguins.testing import run_train, serve
 
 TOKEN = "gate-test-token"

@@ -28,9 +28,10 @@ import train as train_cli
 from penguins import names
 from penguins.contract import CATEGORICAL_FEATURES, EXAMPLE_PENGUIN, FEATURES, NUMERIC_FEATURES, SPECIES, Penguin
 from penguins.explain import CUSTOM_OBJECT, Explainer
+from penguins.loaded import load
 from penguins.names import PROJECT, STATUS_LABEL, check_model_name
+from penguins.registry import Registry
 from penguins.scan import scan
-from penguins.store import Registry, load
 from penguins.testing import ROOT, run_train, serve
 from penguins.training import (
     ALGORITHMS,

@@ -75,16 +75,16 @@ def test_a_hostile_request_id_cannot_break_a_line(tmp_path):
 
 
 def test_the_log_is_on_by_default_beside_the_store(tmp_path, monkeypatch):
-    from penguins.serving import Gateway
+    from penguins.gateway import Gateway
     from penguins.settings import Settings
 
-    monkeypatch.setattr("penguins.serving.default_store_dir", lambda: tmp_path / "home" / "models")
+    monkeypatch.setattr("penguins.gateway.default_store_dir", lambda: tmp_path / "home" / "models")
     gateway = Gateway(app=None, settings=Settings(log_dir=None))
     assert gateway.prediction_log().path.parent == tmp_path / "home" / "prediction-logs"
 
 
 def test_an_unwritable_log_directory_disables_the_log_not_the_service(tmp_path):
-    from penguins.serving import Gateway
+    from penguins.gateway import Gateway
     from penguins.settings import Settings
 
     blocker = tmp_path / "a-file"

@@ -1,5 +1,5 @@
 """A model saved in a process that imported dill (Airflow's task processes do) would need dill to load, and the API
-image has none: importing dill adds its reducers to the pure-Python pickler joblib saves with. So `training._save`
+image has none: importing dill adds its reducers to the pure-Python pickler joblib saves with. So `saving.save`
 refuses to save there, and the DAG's gate step (`pipeline.gate`) saves from a fresh interpreter. Each side runs in
 its own interpreter: importing dill here would change pickling for every later test of the session."""
 
@@ -66,7 +66,7 @@ LOAD = textwrap.dedent(
 @pytest.fixture
 def python(tmp_path):
     # Found, never imported: dill imported here would change pickling for every later test of this process (the
-    # session's store is saved through training._save, which then refuses, rightly).
+    # session's store is saved through saving.save, which then refuses, rightly).
     if importlib.util.find_spec("dill") is None:
         unavailable("dill comes with the airflow extra (uv sync --extra airflow)")
     env = {**os.environ, "BENTOML_HOME": str(tmp_path), "BENTOML_DO_NOT_TRACK": "true"}

@@ -5,8 +5,7 @@ import json
 import pytest
 
 from penguins.contract import BOUNDS, SPECIES
-from penguins.names import check_model_name, endpoint_name, model_name, route_of
-from penguins.serving import MODEL_ROUTE_PREFIX
+from penguins.names import MODEL_ROUTE_PREFIX, check_model_name, endpoint_name, model_name, route_of
 from penguins.training import ALGORITHMS
 from tests.openapi import request_schema
 

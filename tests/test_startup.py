@@ -10,8 +10,8 @@ import pytest
 
 from penguins.errors import TRAIN_HINT
 from penguins.scan import STORE_FAILURE, Failure, RejectedVersion, StoredModel, scan
+from penguins.snapshot import Snapshot
 from penguins.startup import startup_line, train_command
-from penguins.store import Snapshot
 from penguins.testing import serve
 
 

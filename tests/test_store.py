@@ -13,8 +13,9 @@ from penguins.contract import Penguin, Prediction
 from penguins.errors import NoModelLoaded, UnknownModel
 from penguins.install import PULL_LOCK, UNPACKING
 from penguins.names import check_model_name, model_name, route_of
+from penguins.registry import Registry
 from penguins.scan import STORE_FAILURE, scan
-from penguins.store import RELOAD_SIGNAL, Registry
+from penguins.signals import RELOAD_SIGNAL
 from penguins.testing import ROOT, version_dir
 
 
@@ -303,12 +304,12 @@ def test_a_store_that_cannot_take_the_signal_reaches_this_servers_workers_and_sa
         worker_1.sync(), worker_2.sync()
         shutil.rmtree(store / model_name("knn"))
         signal = worker_1.reload().signal
-        assert signal.written == ("server",) and signal.failed[0][0] == "store"
+        assert signal.written == ("server",) and signal.failed[0].where == "store"
         assert signal.reaches.startswith("this server's workers only")
         assert RELOAD_SIGNAL in worker_1.status().signal_error
         assert model_name("knn") not in worker_2.sync().models
     finally:
-        worker_1.server_signal.unlink(missing_ok=True)
+        worker_1.signals.server_file.unlink(missing_ok=True)
 
 
 def test_listeners_hear_of_every_change_and_only_of_changes(store):
@@ -342,7 +343,7 @@ def test_the_periodic_check_follows_a_reload_without_any_traffic(store):
 
 UNREADABLE = """
 import json, os, sys
-from penguins.store import Registry
+from penguins.registry import Registry
 store = sys.argv[1]
 registry = Registry(store)
 first = registry.reload()
