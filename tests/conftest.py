@@ -20,7 +20,7 @@ import pytest  # noqa: E402
 
 from penguins.contract import EXAMPLE_PENGUIN, TARGET  # noqa: E402
 from penguins.data import load_penguins  # noqa: E402
-from penguins.testing import ROOT, SESSION_TAG, kill_tagged, session_id, tagged  # noqa: E402
+from tests.harness import ROOT, SESSION_TAG, kill_tagged, session_id, tagged  # noqa: E402
 from tests.tiers import unavailable  # noqa: E402
 
 session_id()  # set before pytest-xdist starts its workers, so that they share it
@@ -62,7 +62,8 @@ def store(tmp_path, store_dir, trained) -> Path:
 
 @pytest.fixture(scope="session")
 def svc(trained):
-    """The service class, imported only once the store holds every model (routes are declared at import)."""
+    """The service class, imported only once the store holds every model: the in-process app's workers read the
+    store as they start, so every model is served (and has its own route) from the first request on."""
     import service
 
     return service.PenguinClassifier

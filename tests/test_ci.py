@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 
-from penguins.testing import ROOT
+from tests.harness import ROOT
 
 TIER = textwrap.dedent(
     """

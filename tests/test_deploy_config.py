@@ -54,6 +54,50 @@ def test_bento_includes_every_file_of_the_package():
     assert missing == [], f"bentofile.yaml leaves out {missing}"
 
 
+def bento_files() -> set[str]:
+    """The files `bentoml build` packs into the bento's src/: BentoML's own matcher over the same walk."""
+    import os
+
+    from bentoml._internal.bento.build_config import BentoPathSpec
+
+    bentofile = load("bentofile.yaml")
+    specs = BentoPathSpec(bentofile["include"], bentofile.get("exclude", []), str(ROOT))
+    found = set()
+    for root, _, files in os.walk(ROOT):
+        for name in files:
+            path = os.path.join(os.path.relpath(root, ROOT), name).replace(os.sep, "/")
+            if specs.includes(path):
+                found.add(path.removeprefix("./"))
+    return found
+
+
+def test_the_bento_holds_the_service_and_the_package_and_no_dev_files():
+    files = bento_files()
+    assert {"service.py", "penguins/__init__.py", "penguins/ui/static/index.html"} <= files
+    dev_only = ("tests/", "benchmarks/", "notebooks/", "scripts/", ".schemathesis/")
+    packed = sorted(f for f in files if f.startswith(dev_only))
+    assert packed == [], f"the bento would pack dev-only files: {packed}"
+    assert all(f in {"service.py", "train.py"} or f.startswith("penguins/") for f in files), sorted(files)
+
+
+def test_no_module_of_the_package_imports_a_test_tool():
+    """What the image runs imports nothing that only the dev environment has: pytest, psutil, a tests/ module."""
+    import ast
+
+    forbidden = {"pytest", "psutil", "tests"}
+    offenders = []
+    for path in sorted((ROOT / "penguins").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            offenders += [f"{path.relative_to(ROOT)}: {n}" for n in names if n.split(".")[0] in forbidden]
+    assert offenders == []
+
+
 def test_compose_publishes_on_loopback_and_shares_the_store():
     services = load("docker-compose.yml")["services"]
     for name in ("api", "jupyter"):

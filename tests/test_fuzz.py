@@ -21,7 +21,7 @@ from schemathesis import GenerationMode
 
 from penguins.contract import EXAMPLE_PENGUIN
 from penguins.http.openapi import package_version
-from penguins.testing import serve
+from tests.harness import serve
 from tests.test_bad_input import HAND_WRITTEN
 
 pytestmark = pytest.mark.integration

@@ -18,7 +18,7 @@ from penguins.names import REJECTED, STATUS_LABEL, model_name
 from penguins.scan import scan
 from penguins.serving import listing
 from penguins.store import Registry
-from penguins.testing import run_train, serve
+from tests.harness import run_train, serve
 
 TOKEN = "gate-test-token"
 

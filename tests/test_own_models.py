@@ -31,7 +31,6 @@ from penguins.explain import CUSTOM_OBJECT, Explainer
 from penguins.names import PROJECT, STATUS_LABEL, check_model_name
 from penguins.scan import scan
 from penguins.store import Registry, load
-from penguins.testing import ROOT, run_train, serve
 from penguins.training import (
     ALGORITHMS,
     Estimator,
@@ -41,6 +40,7 @@ from penguins.training import (
     train,
     train_and_save,
 )
+from tests.harness import ROOT, run_train, serve
 
 
 class OwnEstimator(RandomForestClassifier):

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from penguins.predlog import PredictionLog
-from penguins.testing import read_prediction_log
+from tests.harness import read_prediction_log
 
 
 def test_each_answered_prediction_is_one_line_with_id_model_input_output_latency(client, log_dir, example):

@@ -9,7 +9,7 @@ import tarfile
 import pytest
 
 from penguins.repository import Manifest, parse, unpack
-from penguins.testing import version_dir
+from tests.harness import version_dir
 
 
 def _archive(*members: tuple[tarfile.TarInfo, bytes | None]) -> tarfile.TarFile:

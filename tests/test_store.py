@@ -15,7 +15,7 @@ from penguins.names import check_model_name, model_name, route_of
 from penguins.repository import PULL_LOCK, UNPACKING
 from penguins.scan import STORE_FAILURE, scan
 from penguins.store import RELOAD_SIGNAL, Registry
-from penguins.testing import ROOT, version_dir
+from tests.harness import ROOT, version_dir
 
 
 def test_scan_finds_every_penguin_model(store, trained):

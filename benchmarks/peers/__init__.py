@@ -79,7 +79,7 @@ def _mlserver_answers(payload: dict[str, Any]) -> list[tuple[str, list[float]]]:
 
 
 def _mlserver_command(python: Path, model: Path, port: int, workers: int, scratch: Path) -> list[str]:
-    from penguins.testing import free_port
+    from tests.harness import free_port
 
     repository = scratch / f"mlserver-{port}"
     (repository / "penguins").mkdir(parents=True)
@@ -199,8 +199,8 @@ def export(home: Path, model_name: str, dest: Path) -> list[str]:
 
 @contextlib.contextmanager
 def serve_peer(peer: Peer, model: Path, workers: int, logs: Path) -> Iterator[Any]:
-    """Start one peer on a free loopback port in its environment; yields its base URL (a penguins.testing.Server)."""
-    from penguins.testing import Server, free_port, running
+    """Start one peer on a free loopback port in its environment; yields its base URL (a tests.harness.Server)."""
+    from tests.harness import Server, free_port, running
 
     python = environment(peer.name)
     port = free_port()

@@ -28,7 +28,7 @@ from benchmarks.peers import Peer, export, feature_rows, peers, serve_peer
 from benchmarks.run import BULK_ROWS, settle, wrk
 from penguins.contract import EXAMPLE_PENGUIN, FEATURES
 from penguins.predict import PROBABILITY_TOLERANCE
-from penguins.testing import run_train, serve
+from tests.harness import run_train, serve
 
 ALGORITHM = "random-forest"
 ROUTE = "/classify_random_forest"
