@@ -22,6 +22,7 @@ TIER = textwrap.dedent(
 )
 
 
+@pytest.mark.cli  # runs pytest in a process of its own
 @pytest.mark.parametrize("ci", ["true", ""])
 def test_a_tier_without_its_tools_fails_under_ci_and_skips_elsewhere(tmp_path, ci):
     test_file = tmp_path / "test_tier.py"
@@ -48,6 +49,7 @@ def _fake_apt(tmp_path, script: str) -> dict[str, str]:
     return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "CI_APT_WAIT_S": "3", "CI_APT_RETRY_S": "1"}
 
 
+@pytest.mark.cli  # runs .ci/install-system-packages
 @pytest.mark.skipif(os.geteuid() != 0, reason="the script installs only as root")
 @pytest.mark.parametrize("ci", ["true", ""])
 def test_a_failed_install_fails_ci(tmp_path, ci):
@@ -60,6 +62,7 @@ def test_a_failed_install_fails_ci(tmp_path, ci):
     assert len((tmp_path / "calls").read_text().splitlines()) >= 2  # retried until the deadline
 
 
+@pytest.mark.cli  # runs .ci/install-system-packages
 @pytest.mark.skipif(os.geteuid() != 0, reason="the script installs only as root")
 def test_apt_waits_for_a_held_lock(tmp_path):
     # The first call fails as apt does when another process holds the lists lock; the next ones succeed.

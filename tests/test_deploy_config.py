@@ -17,6 +17,7 @@ def load(name: str) -> dict:
     return yaml.safe_load((ROOT / name).read_text())
 
 
+@pytest.mark.cli  # runs uv export
 @pytest.mark.skipif(shutil.which("uv") is None, reason="uv is not installed")
 def test_bento_requirements_are_exported_from_uv_lock():
     exported = subprocess.run([*EXPORT, "--no-header"], cwd=ROOT, capture_output=True, text=True, check=True).stdout

@@ -162,6 +162,7 @@ def small_disk(tmp_path):
             subprocess.run(["umount", "-l", str(mount)], capture_output=True)
 
 
+@pytest.mark.cli  # mounts a small tmpfs (mount, umount)
 def test_a_full_disk_cuts_no_line_and_the_file_parses_once_space_returns(small_disk):
     from penguins import predlog
 
