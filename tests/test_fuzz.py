@@ -90,6 +90,7 @@ def test_hand_written_bad_requests_over_http(server, route):
             assert 400 <= response.status_code < 500, (case, response.status_code)
     wrong_type = httpx.post(f"{server}{route}", content=b"penguins", headers={**headers, "content-type": "text/csv"})
     _assert_clean(wrong_type)
+    assert wrong_type.status_code == 415, wrong_type.text
 
 
 def test_fuzzing_covered_every_operation(api_schema, figures):
