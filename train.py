@@ -146,14 +146,11 @@ def main(argv: list[str] | None = None) -> int:
     jobs = estimators(parser, args)
 
     from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
-    from penguins.data import BUNDLED_SOURCE, load_penguins
-    from penguins.gate import save_gated
     from penguins.names import check_model_name, default_store_dir
     from penguins.scan import scan
-    from penguins.training import EstimatorError, train
+    from penguins.training import EstimatorError
 
     def refuse(error: ValueError) -> NoReturn:
         """A classifier that cannot be trained or served: one line, argparse's exit status, nothing saved."""
@@ -173,56 +170,74 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"penguin models already in {store}: nothing to train")
         return 0
 
-    if args.data:
-        from penguins.db import clean_source, load_clean
-
-        frame, source = load_clean(args.data), clean_source(args.data)
-    else:
-        frame, source = load_penguins(), BUNDLED_SOURCE
+    frame, source = _training_data(args.data)
     table = Table(title=f"Palmer Penguins classifiers (seed {args.seed}, {len(frame)} rows) -> {store}")
     for column in ("model", "CV accuracy", "test accuracy", "macro F1", "served as", "gate", "tag"):
         table.add_column(column, no_wrap=True)
+    try:  # all are trained before any is saved: a classifier that fails to fit leaves the store as it was
+        trained_models = _train_all(console, classifiers, frame, args.seed, source)
+    except EstimatorError as error:  # it failed to fit
+        refuse(error)
+    rejected = [reason for reason in (_save(trained, args, table) for trained in trained_models) if reason]
+    Console(width=None if sys.stdout.isatty() else 180).print(table)
+    if rejected:
+        console.print(f"rejected by the promotion gate, saved but not served: {'; '.join(rejected)}", soft_wrap=True)
+        return EXIT_REJECTED
+    return 0
+
+
+def _training_data(data: str | None) -> tuple[Any, str]:
+    """The frame to train on and the source its models' provenance names: `--data`'s clean table, or the bundled
+    CSV."""
+    if data:
+        from penguins.db import clean_source, load_clean
+
+        return load_clean(data), clean_source(data)
+    from penguins.data import BUNDLED_SOURCE, load_penguins
+
+    return load_penguins(), BUNDLED_SOURCE
+
+
+def _train_all(console: Any, classifiers: list, frame: Any, seed: int, source: str) -> list:
+    """Every classifier trained, none saved yet, with a progress bar on a terminal."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from penguins.training import train
+
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
         TextColumn("{task.completed}/{task.total}"),
         TimeElapsedColumn(),
     )
-    # All are trained before any is saved: a classifier that fails to fit leaves the store as it was.
     trained_models = []
-    rejected = []
-    try:
-        with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as progress:
-            task = progress.add_task("training", total=len(classifiers))
-            for name, classifier in classifiers:
-                progress.update(task, description=f"training {name}")
-                trained = train(name, frame, args.seed, classifier=classifier)
-                trained.provenance["data_source"] = source
-                trained_models.append(trained)
-                progress.advance(task)
-    except EstimatorError as error:  # it failed to fit
-        refuse(error)
-    for trained in trained_models:
-        tag, decision = save_gated(trained, args.tolerance, gate=not args.no_gate)
-        if not decision.promoted:
-            rejected.append(f"{tag} ({decision.reason})")
-        m = trained.metrics
-        table.add_row(
-            trained.algorithm,
-            f"{m['cv_accuracy_mean']:.3f} ± {m['cv_accuracy_std']:.3f}",
-            f"{m['test_accuracy']:.3f}",
-            f"{m['macro_f1']:.3f}",
-            "onnx" if trained.onnx else "sklearn",
-            decision.status
-            if decision.served_score is None
-            else f"{decision.status} (served {decision.served_score:.3f})",
-            tag,
-        )
-    Console(width=None if sys.stdout.isatty() else 180).print(table)
-    if rejected:
-        console.print(f"rejected by the promotion gate, saved but not served: {'; '.join(rejected)}", soft_wrap=True)
-        return EXIT_REJECTED
-    return 0
+    with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as progress:
+        task = progress.add_task("training", total=len(classifiers))
+        for name, classifier in classifiers:
+            progress.update(task, description=f"training {name}")
+            trained = train(name, frame, seed, classifier=classifier)
+            trained.provenance["data_source"] = source
+            trained_models.append(trained)
+            progress.advance(task)
+    return trained_models
+
+
+def _save(trained: Any, args: argparse.Namespace, table: Any) -> str | None:
+    """Save one trained model through the gate and add its row to `table`; what the gate said when it rejected it."""
+    from penguins.gate import save_gated
+
+    tag, decision = save_gated(trained, args.tolerance, gate=not args.no_gate)
+    m = trained.metrics
+    table.add_row(
+        trained.algorithm,
+        f"{m['cv_accuracy_mean']:.3f} ± {m['cv_accuracy_std']:.3f}",
+        f"{m['test_accuracy']:.3f}",
+        f"{m['macro_f1']:.3f}",
+        "onnx" if trained.onnx else "sklearn",
+        decision.status if decision.served_score is None else f"{decision.status} (served {decision.served_score:.3f})",
+        tag,
+    )
+    return None if decision.promoted else f"{tag} ({decision.reason})"
 
 
 if __name__ == "__main__":
