@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 import httpx  # noqa: E402
 
 from penguins.contract import EXAMPLE_PENGUIN  # noqa: E402
-from penguins.testing import run_train, serve  # noqa: E402
+from tests.harness import run_train, serve  # noqa: E402
 
 BULK = json.dumps({"penguins": [EXAMPLE_PENGUIN] * 10_000}).encode()
 ONE = json.dumps({"penguins": [EXAMPLE_PENGUIN]}).encode()

@@ -37,7 +37,7 @@ from benchmarks.load import BULK_ROWS, ROOT, settle, wrk  # noqa: E402
 from benchmarks.peers.compare import compare  # noqa: E402
 from penguins.contract import EXAMPLE_PENGUIN  # noqa: E402
 from penguins.names import endpoint_name, model_name  # noqa: E402
-from penguins.testing import free_port, run_train, running, serve  # noqa: E402
+from tests.harness import free_port, run_train, running, serve  # noqa: E402
 
 MODELS = ("random-forest", "logistic-regression")
 # (connections, after_load): the lone client is measured again last, after the heaviest load, because that is when

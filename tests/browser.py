@@ -9,7 +9,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-from penguins.testing import ROOT
+from tests.harness import ROOT
 
 CHROMIUM = os.environ.get("PENGUINS_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [

@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from penguins.testing import free_port
+from tests.harness import free_port
 from tests.tiers import unavailable
 
 ROOT = Path(__file__).resolve().parents[1]

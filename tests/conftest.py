@@ -21,7 +21,7 @@ import pytest  # noqa: E402
 
 from penguins.contract import EXAMPLE_PENGUIN, TARGET  # noqa: E402
 from penguins.data import load_penguins  # noqa: E402
-from penguins.testing import ROOT, SESSION_TAG, kill_tagged, session_id, tagged  # noqa: E402
+from tests.harness import ROOT, SESSION_TAG, kill_tagged, session_id, tagged  # noqa: E402
 from tests.tiers import unavailable  # noqa: E402
 
 session_id()  # set before pytest-xdist starts its workers, so that they share it
@@ -63,7 +63,8 @@ def store(tmp_path, store_dir, trained) -> Path:
 
 @pytest.fixture(scope="session")
 def svc(trained):
-    """The service class, imported only once the store holds every model (routes are declared at import)."""
+    """The service class, imported only once the store holds every model: the in-process app's workers read the
+    store as they start, so every model is served (and has its own route) from the first request on."""
     import service
 
     return service.PenguinClassifier
@@ -197,9 +198,10 @@ def db_url(request, tmp_path):
     yield url
 
 
-# Every test runs in one tier, named by a marker (pyproject.toml lists them). Tests that start nothing are `unit`,
-# those on the service's ASGI app in this process `inprocess`: together the inner loop (`pytest -m "unit or
-# inprocess"`). The others say their tier themselves (a real server, a browser, containers, databases, ...).
+# Every test runs in one tier, named by a marker (pyproject.toml lists them). A test that says no tier is
+# `inprocess` when it uses the service's ASGI app in this process, `unit` otherwise: together the inner loop
+# (`pytest -m "unit or inprocess"`). A `unit` test starts no process (`unit_tests_start_no_process` fails it when it
+# does); the others say their tier themselves (the CLI in its own process, a real server, a browser, ...).
 IN_PROCESS_FIXTURES = {"client", "svc"}
 
 
@@ -210,19 +212,36 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker("inprocess" if IN_PROCESS_FIXTURES & set(item.fixturenames) else "unit")
 
 
+# Every way a test could start a process: subprocess (and asyncio's, and os.popen, on top of it), fork, spawn, a shell.
+PROCESS_STARTERS = [
+    (subprocess.Popen, "__init__"),
+    *((os, name) for name in ("fork", "forkpty", "posix_spawn", "posix_spawnp", "system") if hasattr(os, name)),
+]
+
+
 @pytest.fixture(autouse=True)
-def _unit_tests_start_no_process(request, monkeypatch):
-    """The unit tier starts nothing: a unit test that starts a process fails and says so (give it its tier). Session
-    fixtures it shares (the trained store) are made before this applies."""
+def unit_tests_start_no_process(request, monkeypatch):
+    """A `unit` test fails when it starts a process, even one whose error the code under test swallowed. Fixtures
+    of a wider scope (the session's store, servers) are set up before this one and may start what they need."""
     if request.node.get_closest_marker("unit") is None:
         yield
         return
+    started: list[str] = []
 
-    def refuse(*args, **kwargs):
-        raise AssertionError("a unit-tier test started a process: mark it with its tier (cli, integration, ...)")
+    def refuse(owner, name):
+        def starter(*args, **kwargs):
+            started.append(f"{getattr(owner, '__name__', owner)}.{name}{_first_arg(args)}")
+            raise RuntimeError(f"a unit test starts no process ({name}): give the test its tier (tests/conftest.py)")
 
-    monkeypatch.setattr(subprocess.Popen, "_execute_child", refuse)
-    for name in ("fork", "forkpty", "posix_spawn", "posix_spawnp", "execv", "execve"):
-        if hasattr(os, name):
-            monkeypatch.setattr(os, name, refuse)
+        return starter
+
+    for owner, name in PROCESS_STARTERS:
+        monkeypatch.setattr(owner, name, refuse(owner, name))
     yield
+    if started:
+        pytest.fail(f"this unit test started processes: {started}; mark it with its tier", pytrace=False)
+
+
+def _first_arg(args: tuple) -> str:
+    shown = [a for a in args if not isinstance(a, subprocess.Popen)][:1]
+    return f"({str(shown[0])[:120]})" if shown else "()"

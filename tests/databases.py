@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from penguins.testing import free_port, stop_group, tagged_env
+from tests.harness import free_port, stop_group, tagged_env
 
 MARIADB_INSTALL = "apt-get install -y mariadb-server"
 POSTGRES_INSTALL = "apt-get install -y postgresql"

@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from penguins.testing import free_port, stop_group
+from tests.harness import free_port, stop_group
 
 
 class Unavailable(Exception):

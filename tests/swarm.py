@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from penguins.testing import free_port
+from tests.harness import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 PREFIX = "psw-"

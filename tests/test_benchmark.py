@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from penguins.testing import ROOT
+from tests.harness import ROOT
 from tests.tiers import unavailable
 
 pytestmark = pytest.mark.integration

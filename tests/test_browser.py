@@ -15,9 +15,9 @@ import pytest
 
 from penguins.contract import EXAMPLE_PENGUIN
 from penguins.names import model_name
-from penguins.testing import ROOT, run_train, serve
 from tests import browser as browser_tools
 from tests.browser import ARTIFACTS, TIMEOUT_MS
+from tests.harness import ROOT, run_train, serve
 from tests.tiers import unavailable
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]

@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 
-from penguins.testing import ROOT
+from tests.harness import ROOT
 
 pytestmark = pytest.mark.cli  # runs the CI scripts
 
@@ -24,6 +24,7 @@ TIER = textwrap.dedent(
 )
 
 
+@pytest.mark.cli  # runs pytest in a process of its own
 @pytest.mark.parametrize("ci", ["true", ""])
 def test_a_tier_without_its_tools_fails_under_ci_and_skips_elsewhere(tmp_path, ci):
     test_file = tmp_path / "test_tier.py"
@@ -50,6 +51,7 @@ def _fake_apt(tmp_path, script: str) -> dict[str, str]:
     return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "CI_APT_WAIT_S": "3", "CI_APT_RETRY_S": "1"}
 
 
+@pytest.mark.cli  # runs .ci/install-system-packages
 @pytest.mark.skipif(os.geteuid() != 0, reason="the script installs only as root")
 @pytest.mark.parametrize("ci", ["true", ""])
 def test_a_failed_install_fails_ci(tmp_path, ci):
@@ -62,6 +64,7 @@ def test_a_failed_install_fails_ci(tmp_path, ci):
     assert len((tmp_path / "calls").read_text().splitlines()) >= 2  # retried until the deadline
 
 
+@pytest.mark.cli  # runs .ci/install-system-packages
 @pytest.mark.skipif(os.geteuid() != 0, reason="the script installs only as root")
 def test_apt_waits_for_a_held_lock(tmp_path):
     # The first call fails as apt does when another process holds the lists lock; the next ones succeed.

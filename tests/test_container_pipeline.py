@@ -25,10 +25,10 @@ import pytest
 
 from penguins.contract import EXAMPLE_PENGUIN
 from penguins.names import endpoint_name, model_name
-from penguins.testing import free_port
 from penguins.training import ALGORITHMS
 from tests import browser
 from tests.compose import COMPOSE, VARIANTS, WHY_NOT, Stack, require
+from tests.harness import free_port
 from tests.tiers import unavailable
 
 pytestmark = [pytest.mark.container, pytest.mark.integration]

@@ -15,7 +15,7 @@ import pytest
 
 from penguins.names import model_name
 from penguins.scan import scan
-from penguins.testing import ROOT, run_train, serve
+from tests.harness import ROOT, run_train, serve
 from tests.tiers import unavailable
 
 pytestmark = pytest.mark.integration

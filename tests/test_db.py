@@ -13,7 +13,7 @@ from sqlalchemy import create_engine, inspect, select, text
 from penguins.contract import FEATURES, TARGET
 from penguins.data import fingerprint, load_penguins
 from penguins.db import CLEAN_TABLE, RAW_TABLE, SchemaMismatch, clean, clean_table, ingest, load_clean, raw_table
-from penguins.testing import ROOT
+from tests.harness import ROOT
 
 GOOD = "Gentoo,Biscoe,46.1,13.2,211,4500,female,2009"
 BAD_CSV = textwrap.dedent(
@@ -203,7 +203,7 @@ def test_train_cli_trains_from_the_clean_table_and_records_which_rows(tmp_path):
     from bentoml._internal.models.model import Model
 
     from penguins.scan import scan
-    from penguins.testing import run_train
+    from tests.harness import run_train
 
     url = f"sqlite:///{tmp_path / 'train.db'}"
     ingest(url)

@@ -19,6 +19,7 @@ def load(name: str) -> dict:
     return yaml.safe_load((ROOT / name).read_text())
 
 
+@pytest.mark.cli  # runs uv export
 @pytest.mark.skipif(shutil.which("uv") is None, reason="uv is not installed")
 @pytest.mark.cli  # starts a process
 def test_bento_requirements_are_exported_from_uv_lock():
@@ -55,6 +56,48 @@ def test_bento_includes_every_file_of_the_package():
     assert "penguins/ui/static/index.html" in files
     missing = [f for f in files if not include.match_file(f) or exclude.match_file(f)]
     assert missing == [], f"bentofile.yaml leaves out {missing}"
+
+
+def bento_files() -> set[str]:
+    """The files `bentoml build` packs into the bento's src/: BentoML's own matcher over the same walk."""
+
+    from bentoml._internal.bento.build_config import BentoPathSpec
+
+    bentofile = load("bentofile.yaml")
+    specs = BentoPathSpec(bentofile["include"], bentofile.get("exclude", []), str(ROOT))
+    found = set()
+    for root, _, files in os.walk(ROOT):
+        for name in files:
+            path = os.path.join(os.path.relpath(root, ROOT), name).replace(os.sep, "/")
+            if specs.includes(path):
+                found.add(path.removeprefix("./"))
+    return found
+
+
+def test_the_bento_holds_the_service_and_the_package_and_no_dev_files():
+    files = bento_files()
+    assert {"service.py", "penguins/__init__.py", "penguins/ui/static/index.html"} <= files
+    dev_only = ("tests/", "benchmarks/", "notebooks/", "scripts/", ".schemathesis/")
+    packed = sorted(f for f in files if f.startswith(dev_only))
+    assert packed == [], f"the bento would pack dev-only files: {packed}"
+    assert all(f in {"service.py", "train.py"} or f.startswith("penguins/") for f in files), sorted(files)
+
+
+def test_no_module_of_the_package_imports_a_test_tool():
+    """What the image runs imports nothing that only the dev environment has: pytest, psutil, a tests/ module."""
+
+    forbidden = {"pytest", "psutil", "tests"}
+    offenders = []
+    for path in sorted((ROOT / "penguins").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            offenders += [f"{path.relative_to(ROOT)}: {n}" for n in names if n.split(".")[0] in forbidden]
+    assert offenders == []
 
 
 def test_compose_publishes_on_loopback_and_shares_the_store():
@@ -107,36 +150,3 @@ def test_the_bento_installs_what_the_tests_ran_on_the_loop_and_the_patched_libra
     )
     for distribution in (*TESTED, "uvloop", "httptools"):
         assert pins.get(distribution) == version(distribution), distribution
-
-
-# Dev-only tools (the dev group): nothing the image installs, so nothing the package may import.
-DEV_ONLY = {"pytest", "psutil", "playwright", "schemathesis", "hypothesis", "tests", "benchmarks"}
-
-
-def test_the_bento_holds_what_serving_needs_and_no_test_tooling():
-    """The include list, matched as BentoML matches it (gitwildmatch), over the checkout's files: service.py,
-    train.py and the package go in; tests, benchmarks, notebooks, scripts, deploy files and caches do not; and no
-    module of the package imports a test or benchmark tool."""
-    from pathspec import PathSpec
-
-    bentofile = load("bentofile.yaml")
-    include = PathSpec.from_lines("gitwildmatch", bentofile["include"])
-    exclude = PathSpec.from_lines("gitwildmatch", bentofile["exclude"])
-    files = []
-    for folder, subfolders, names in os.walk(ROOT):
-        subfolders[:] = [d for d in subfolders if not d.startswith(".") and d != "__pycache__"]  # .venv, .git
-        files += [(Path(folder) / name).relative_to(ROOT).as_posix() for name in names]
-    assert "tests/conftest.py" in files and "benchmarks/run.py" in files
-    packed = {f for f in files if include.match_file(f) and not exclude.match_file(f)}
-    assert {"service.py", "train.py", "penguins/__init__.py", "penguins/ui/static/index.html"} <= packed
-    assert {f.split("/")[0] for f in packed} == {"service.py", "train.py", "penguins"}
-    imported = {
-        (path.relative_to(ROOT).as_posix(), name.split(".")[0])
-        for path in (ROOT / "penguins").rglob("*.py")
-        for node in ast.walk(ast.parse(path.read_text()))
-        for name in (
-            [a.name for a in node.names] if isinstance(node, ast.Import)
-            else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
-        )
-    }  # fmt: skip
-    assert [(f, n) for f, n in sorted(imported) if n in DEV_ONLY] == []

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from penguins.testing import ROOT
+from tests.harness import ROOT
 from tests.test_readme import assert_shown_answer
 
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]

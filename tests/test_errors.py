@@ -10,7 +10,7 @@ import pytest
 
 from penguins.contract import EXAMPLE_PENGUIN
 from penguins.http.hints import where
-from penguins.testing import serve
+from tests.harness import serve
 
 BAD_MASS = {**EXAMPLE_PENGUIN, "body_mass_g": 4.5}
 

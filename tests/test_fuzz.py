@@ -21,7 +21,7 @@ from schemathesis import GenerationMode
 
 from penguins.contract import EXAMPLE_PENGUIN
 from penguins.http.openapi import package_version
-from penguins.testing import serve
+from tests.harness import ROOT, serve
 from tests.test_bad_input import HAND_WRITTEN
 
 pytestmark = pytest.mark.integration
@@ -95,6 +95,7 @@ def test_hand_written_bad_requests_over_http(server, route):
             assert 400 <= response.status_code < 500, (case, response.status_code)
     wrong_type = httpx.post(f"{server}{route}", content=b"penguins", headers={**headers, "content-type": "text/csv"})
     _assert_clean(wrong_type)
+    assert wrong_type.status_code == 415, wrong_type.text
 
 
 def test_fuzzing_covered_every_operation(api_schema, figures):
@@ -111,16 +112,30 @@ def test_fuzzing_covered_every_operation(api_schema, figures):
     }
 
 
+def _written_by_schemathesis(directory: Path) -> dict[str, int]:
+    """What schemathesis' CLI keeps in `directory` (its cache, its reports), each file with its mtime."""
+    return {
+        str(path.relative_to(directory)): path.stat().st_mtime_ns
+        for folder in (".schemathesis", "schemathesis-report")
+        for path in (directory / folder).rglob("*")
+        if path.is_file()
+    }
+
+
 def test_schemathesis_cli_passes_with_its_default_checks(server, tmp_path, figures):
     """`st run` against the published document: every default check (status codes, content types, response
     schemas and headers, valid data accepted and invalid refused, unsupported methods, ignored auth, ...). Its one
     hook (tests/schemathesis_hooks.py) makes generated columns equally long: the rule JSON Schema cannot state."""
     hooks = Path(__file__).with_name("schemathesis_hooks.py")
+    before = _written_by_schemathesis(ROOT)
     run = subprocess.run(
         [str(Path(sys.executable).with_name("st")), "run", f"{server}/docs.json",
          "--header", f"Authorization: Bearer {TOKEN}", "--max-examples", "30", "--workers", "2", "--no-color"],
         capture_output=True, text=True, timeout=900, cwd=tmp_path, env={**os.environ, "SCHEMATHESIS_HOOKS": str(hooks)},
     )  # fmt: skip
+    # Its cache and reports go to its working directory, the test's own: the checkout is left as it was.
+    assert _written_by_schemathesis(tmp_path), "st wrote nowhere: its output moved, look for it in the checkout"
+    assert _written_by_schemathesis(ROOT) == before
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
     summary = re.search(r"(\d+) generated, (\d+) passed", run.stdout)
     assert summary, run.stdout[-2000:]

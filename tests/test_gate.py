@@ -18,7 +18,7 @@ from penguins.listing import listing
 from penguins.names import REJECTED, STATUS_LABEL, model_name
 from penguins.registry import Registry
 from penguins.scan import scan
-from penguins.testing import run_train, serve
+from tests.harness import run_train, serve
 
 TOKEN = "gate-test-token"
 

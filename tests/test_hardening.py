@@ -20,7 +20,7 @@ import pytest
 
 from penguins.contract import EXAMPLE_PENGUIN
 from penguins.names import endpoint_name
-from penguins.testing import read_prediction_log, serve
+from tests.harness import read_prediction_log, serve
 
 pytestmark = pytest.mark.integration
 

@@ -14,7 +14,7 @@ import pytest
 
 from penguins.contract import EXAMPLE_COLUMNS, EXAMPLE_PENGUIN
 from penguins.names import model_name
-from penguins.testing import run_train, serve, workers_that_answered
+from tests.harness import run_train, serve, workers_that_answered
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,7 @@ import nbformat
 import pytest
 
 from penguins.contract import FEATURES, ISLANDS, SEXES, SPECIES, TARGET
-from penguins.testing import serve
+from tests.harness import serve
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 NAMES = ("01-explore.ipynb", "02-train.ipynb")

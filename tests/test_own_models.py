@@ -32,7 +32,6 @@ from penguins.loaded import load
 from penguins.names import PROJECT, STATUS_LABEL, check_model_name
 from penguins.registry import Registry
 from penguins.scan import scan
-from penguins.testing import ROOT, run_train, serve
 from penguins.training import (
     ALGORITHMS,
     Estimator,
@@ -42,6 +41,7 @@ from penguins.training import (
     train,
     train_and_save,
 )
+from tests.harness import ROOT, run_train, serve
 
 
 class OwnEstimator(RandomForestClassifier):

@@ -14,7 +14,7 @@ import yaml
 
 from penguins.names import REJECTED, STATUS_LABEL, model_name
 from penguins.scan import scan
-from penguins.testing import ROOT
+from tests.harness import ROOT
 from tests.test_gate import add_version
 from tests.test_store import _save_past_the_gate
 from tests.tiers import unavailable

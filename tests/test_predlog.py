@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from penguins.predlog import PredictionLog
-from penguins.testing import read_prediction_log
+from tests.harness import read_prediction_log
 
 
 def test_each_answered_prediction_is_one_line_with_id_model_input_output_latency(client, log_dir, example):
@@ -162,7 +162,7 @@ def small_disk(tmp_path):
             subprocess.run(["umount", "-l", str(mount)], capture_output=True)
 
 
-@pytest.mark.cli  # starts a process
+@pytest.mark.cli  # mounts a small tmpfs (mount, umount)
 def test_a_full_disk_cuts_no_line_and_the_file_parses_once_space_returns(small_disk):
     from penguins import predlog
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from penguins.testing import ROOT, run_train, serve
+from tests.harness import ROOT, run_train, serve
 
 pytestmark = pytest.mark.integration
 

@@ -19,7 +19,7 @@ import pytest
 from penguins.contract import EXAMPLE_PENGUIN
 from penguins.names import endpoint_name, model_name
 from penguins.scan import STORE_FAILURE, scan
-from penguins.testing import ROOT, crash, run_train, serve, version_dir, workers_that_answered
+from tests.harness import ROOT, crash, run_train, serve, version_dir, workers_that_answered
 
 pytestmark = pytest.mark.integration
 

@@ -23,7 +23,7 @@ import pytest
 
 from penguins.names import endpoint_name, model_name
 from penguins.scan import STORE_FAILURE, scan
-from penguins.testing import run_train, serve, tags_answering, workers_that_answered
+from tests.harness import run_train, serve, tags_answering, workers_that_answered
 from tests.tiers import unavailable
 
 pytestmark = pytest.mark.integration

@@ -10,7 +10,7 @@ import pytest
 
 from penguins.bucket import Manifest, parse
 from penguins.install import unpack
-from penguins.testing import version_dir
+from tests.harness import version_dir
 
 
 def _archive(*members: tuple[tarfile.TarInfo, bytes | None]) -> tarfile.TarFile:

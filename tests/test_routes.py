@@ -18,7 +18,7 @@ import pytest
 
 from penguins.contract import EXAMPLE_PENGUIN
 from penguins.names import model_name, route_of
-from penguins.testing import run_train, serve, workers_that_answered
+from tests.harness import run_train, serve, workers_that_answered
 
 pytestmark = pytest.mark.integration
 

@@ -31,7 +31,7 @@ from penguins.bucket import MANIFEST, Repository
 from penguins.contract import EXAMPLE_PENGUIN
 from penguins.names import endpoint_name, model_name
 from penguins.scan import scan
-from penguins.testing import ROOT, serve, tags_answering
+from tests.harness import ROOT, serve, tags_answering
 from tests.s3 import SeaweedFS, Unavailable, ci, weed_binary
 
 pytestmark = [pytest.mark.s3, pytest.mark.integration]

@@ -10,7 +10,7 @@ import signal
 import httpx
 import pytest
 
-from penguins.testing import PROCESS_TAG, serve, tagged
+from tests.harness import PROCESS_TAG, serve, tagged
 
 pytestmark = pytest.mark.integration
 

@@ -15,7 +15,7 @@ import pytest
 
 from penguins.contract import EXAMPLE_PENGUIN
 from penguins.names import endpoint_name
-from penguins.testing import PROCESS_TAG, serve, tagged
+from tests.harness import PROCESS_TAG, serve, tagged
 
 pytestmark = pytest.mark.integration
 

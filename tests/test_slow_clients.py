@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from penguins.contract import EXAMPLE_PENGUIN
-from penguins.testing import ROOT, serve
+from tests.harness import ROOT, serve
 
 pytestmark = pytest.mark.integration
 

@@ -12,7 +12,7 @@ from penguins.errors import TRAIN_HINT
 from penguins.scan import STORE_FAILURE, Failure, RejectedVersion, StoredModel, scan
 from penguins.snapshot import Snapshot
 from penguins.startup import startup_line, train_command
-from penguins.testing import serve
+from tests.harness import serve
 
 
 def test_an_empty_store_gets_the_command_with_its_bentoml_home(tmp_path):

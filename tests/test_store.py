@@ -16,7 +16,7 @@ from penguins.names import check_model_name, model_name, route_of
 from penguins.registry import Registry
 from penguins.scan import STORE_FAILURE, scan
 from penguins.signals import RELOAD_SIGNAL
-from penguins.testing import ROOT, version_dir
+from tests.harness import ROOT, version_dir
 
 
 def test_scan_finds_every_penguin_model(store, trained):
@@ -265,7 +265,7 @@ def test_invalid_model_names_say_why(name):
         check_model_name(name)
 
 
-@pytest.mark.cli  # starts a process
+@pytest.mark.cli  # runs `bentoml models list`
 def test_the_reload_signal_lives_in_the_store_itself(store, tmp_path):
     """Two servers with their own BENTOML_HOME and the same models folder (here through a symlink, as a shared
     volume would be): a reload on one is seen by the other, and BentoML's own listing still reads the store."""
@@ -357,7 +357,7 @@ print(json.dumps({"first": first.serving, "denied": [f.__dict__ for f in denied.
 """
 
 
-@pytest.mark.cli  # starts a process
+@pytest.mark.cli  # runs the scan under setpriv, in a process of its own
 def test_an_unreadable_store_is_a_failure_that_keeps_the_loaded_models_serving(store):
     # As root, permissions are not checked: run without the capabilities that bypass them (CAP_DAC_*).
     prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--"] if os.geteuid() == 0 else []

@@ -34,8 +34,8 @@ from pathlib import Path
 import pytest
 
 from penguins.contract import EXAMPLE_PENGUIN
-from penguins.testing import free_port, stop_group
 from tests import swarm
+from tests.harness import free_port, stop_group
 from tests.tiers import unavailable
 
 pytestmark = [pytest.mark.swarm, pytest.mark.integration]

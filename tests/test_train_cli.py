@@ -8,7 +8,7 @@ import pytest
 import train as train_cli
 from penguins.names import REJECTED, STATUS_LABEL
 from penguins.scan import scan
-from penguins.testing import run_train
+from tests.harness import run_train
 
 pytestmark = pytest.mark.cli
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from penguins.contract import CATEGORICAL_FEATURES, FEATURES, NUMERIC_FEATURES
 from penguins.scan import scan
-from penguins.testing import Server, free_port, running
+from tests.harness import Server, free_port, running
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]

@@ -30,7 +30,7 @@ from penguins.contract import EXAMPLE_PENGUIN, FEATURES
 from penguins.data import load_penguins
 from penguins.names import model_name
 from penguins.predict import PROBABILITY_TOLERANCE
-from penguins.testing import run_train, serve
+from tests.harness import run_train, serve
 
 ALGORITHM = "random-forest"
 ROUTE = "/classify_random_forest"

@@ -101,73 +101,93 @@ def bound_connections(header_s: float, body_s: float, max_connections: int) -> N
     made, received, lost = Protocol.connection_made, Protocol.data_received, Protocol.connection_lost
     begun, headed, completed = Protocol.on_message_begin, Protocol.on_headers_complete, Protocol.on_message_complete
 
-    def arm(self: Protocol, seconds: float) -> None:
-        disarm(self)
-        self._deadline = self.loop.call_later(seconds, expire, self)
-
-    def disarm(self: Protocol) -> None:
-        timer = getattr(self, "_deadline", None)
-        if timer is not None:
-            timer.cancel()
-            self._deadline = None
-
-    def expire(self: Protocol) -> None:
-        self._deadline = None
-        if not self.transport.is_closing():
-            self.transport.close()  # too slow to send its request: nobody is waiting for an answer
-
-    def by_activity(self: Protocol) -> OrderedDict:
-        state = self.server_state
-        if not hasattr(state, "by_activity"):
-            state.by_activity = OrderedDict()
-        return state.by_activity
-
     def connection_made(self: Protocol, transport: Any) -> None:
         made(self, transport)
-        active = by_activity(self)
+        active = _by_activity(self)
         active[self] = None
-        arm(self, header_s)
-        if len(active) > max_connections:
-            idle = next(
-                (
-                    other
-                    for other in islice(active, 256)  # the least recently active first
-                    if other is not self and (other.cycle is None or other.cycle.response_complete)
-                ),
-                None,
-            )
-            if idle is None:
-                transport.close()  # every other connection is busy: this one waits its turn elsewhere
-            else:
-                active.pop(idle, None)
-                idle.transport.close()
+        _arm(self, header_s)
+        _make_room(self, active, transport, max_connections)
 
     def data_received(self: Protocol, data: bytes) -> None:
-        active = by_activity(self)
+        active = _by_activity(self)
         if self in active:
             active.move_to_end(self)
         received(self, data)
 
     def on_message_begin(self: Protocol) -> None:
         begun(self)
-        arm(self, header_s)
+        _arm(self, header_s)
 
     def on_headers_complete(self: Protocol) -> None:
         headed(self)
-        arm(self, body_s)
+        _arm(self, body_s)
 
     def on_message_complete(self: Protocol) -> None:
         completed(self)
-        disarm(self)
+        _disarm(self)
 
     def connection_lost(self: Protocol, exc: Exception | None) -> None:
-        disarm(self)
-        by_activity(self).pop(self, None)
+        _disarm(self)
+        _by_activity(self).pop(self, None)
         lost(self, exc)
 
     originals = {"connection_made": made, "data_received": received, "connection_lost": lost}
     originals |= {"on_message_begin": begun, "on_headers_complete": headed, "on_message_complete": completed}
-    for function in (connection_made, data_received, on_message_begin, on_headers_complete, on_message_complete):
-        setattr(Protocol, function.__name__, mark(function, originals[function.__name__], "bounds"))
+    functions = (connection_made, data_received, on_message_begin, on_headers_complete, on_message_complete)
+    _install(Protocol, {function: originals[function.__name__] for function in functions})
     Protocol.connection_lost = mark(connection_lost, lost, "bounds")
     Protocol.bounded = True  # type: ignore[attr-defined]
+
+
+# What bound_connections' protocol methods share: a connection's deadline, and the worker's connections in order of
+# their last activity.
+
+
+def _arm(protocol: Any, seconds: float) -> None:
+    _disarm(protocol)
+    protocol._deadline = protocol.loop.call_later(seconds, _expire, protocol)
+
+
+def _disarm(protocol: Any) -> None:
+    timer = getattr(protocol, "_deadline", None)
+    if timer is not None:
+        timer.cancel()
+        protocol._deadline = None
+
+
+def _expire(protocol: Any) -> None:
+    protocol._deadline = None
+    if not protocol.transport.is_closing():
+        protocol.transport.close()  # too slow to send its request: nobody is waiting for an answer
+
+
+def _by_activity(protocol: Any) -> OrderedDict:
+    state = protocol.server_state
+    if not hasattr(state, "by_activity"):
+        state.by_activity = OrderedDict()
+    return state.by_activity
+
+
+def _make_room(protocol: Any, active: OrderedDict, transport: Any, max_connections: int) -> None:
+    """Beyond `max_connections`, close the least recently active one with no request in progress, or this one."""
+    if len(active) <= max_connections:
+        return
+    idle = next(
+        (
+            other
+            for other in islice(active, 256)  # the least recently active first
+            if other is not protocol and (other.cycle is None or other.cycle.response_complete)
+        ),
+        None,
+    )
+    if idle is None:
+        transport.close()  # every other connection is busy: this one waits its turn elsewhere
+    else:
+        active.pop(idle, None)
+        idle.transport.close()
+
+
+def _install(protocol_class: type, replacements: dict) -> None:
+    """Each replacement in place of the method of its name, marked with the original it wraps."""
+    for function, original in replacements.items():
+        setattr(protocol_class, function.__name__, mark(function, original, "bounds"))

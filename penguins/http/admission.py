@@ -38,32 +38,14 @@ class Bodies:
         if bulk and not await self._take_turn():
             return await self._busy(send)
         try:
-            chunks: list[bytes] = []
-            size = 0
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    return  # the client left mid-body: nobody to answer, nothing to count as an error
-                chunk = message.get("body", b"")
-                chunks.append(chunk)
-                size += len(chunk)
-                if not message.get("more_body", False):
-                    break
-            if not bulk and size >= self.settings.bulk_body_bytes:  # chunked: known only now
+            body = await _read_whole(receive)
+            if body is None:
+                return  # the client left mid-body: nobody to answer, nothing to count as an error
+            if not bulk and len(body) >= self.settings.bulk_body_bytes:  # chunked: known only now
                 if not await self._take_turn():
                     return await self._busy(send)
                 bulk = True
-            body = b"".join(chunks)
-            sent = False
-
-            async def replay() -> dict[str, Any]:
-                nonlocal sent
-                if sent:
-                    return await receive()  # after the body: a disconnect, whenever it comes
-                sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-
-            await self.app(scope, replay, send)
+            await self.app(scope, _replay(body, receive), send)
         finally:
             if bulk:
                 self._end_turn()
@@ -104,3 +86,29 @@ class Bodies:
             },
             [(b"retry-after", str(retry).encode())],
         )
+
+
+async def _read_whole(receive: Callable[..., Any]) -> bytes | None:
+    """A request's whole body; None when the client disconnects before its end."""
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Callable[..., Any]) -> Callable[..., Any]:
+    """A `receive` that gives the app the body already read, in one message, then what the client sends next."""
+    sent = False
+
+    async def replay() -> dict[str, Any]:
+        nonlocal sent
+        if sent:
+            return await receive()  # after the body: a disconnect, whenever it comes
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replay

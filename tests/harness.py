@@ -1,5 +1,6 @@
 """For the tests and benchmarks: start a real `bentoml serve` of this project on a free loopback port and stop it,
-run the real train.py, and read what the store and the prediction log hold."""
+run the real train.py, and read what the store and the prediction log hold. Dev-only (psutil, httpx): it lives under
+tests/, which the bento does not pack, and no module of the package imports it (tests/test_deploy_config.py)."""
 
 from __future__ import annotations
 
