@@ -28,7 +28,8 @@ def _modules() -> dict[str, ast.Module]:
 def _layers() -> list[list[str]]:
     """The numbered list under docs/design.md's `## Layers`, top (service) first: each line's `module` patterns."""
     text = (ROOT / "docs" / "design.md").read_text().split("\n## Layers\n", 1)[1].split("\n## ", 1)[0]
-    return [re.findall(r"`([\w.*]+)`", line) for line in text.splitlines() if re.match(r"\d+\. ", line)]
+    items = re.split(r"^\d+\. ", text, flags=re.M)[1:]  # an item runs on over its indented lines
+    return [re.findall(r"`([\w.*]+)`", item.split("\n\n")[0].split(" — ")[0]) for item in items]
 
 
 def _imports(name: str, tree: ast.Module, modules: set[str]) -> set[str]:
@@ -42,8 +43,8 @@ def _imports(name: str, tree: ast.Module, modules: set[str]) -> set[str]:
             if node.level:  # relative: from the module's package
                 anchor = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
                 base = f"{anchor}.{base}" if base else anchor
-            targets.add(base)
-            targets |= {f"{base}.{alias.name}" for alias in node.names}  # `from penguins import store`
+            for alias in node.names:  # `from penguins import scan` imports the module penguins.scan
+                targets.add(f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base)
     return {t for t in targets if t in modules and t != name}
 
 
@@ -98,6 +99,6 @@ def test_no_import_cycle():
 
 def test_the_checker_sees_a_cycle_and_an_upward_import(tmp_path):
     # The graph is read from source: a function-local import counts like one at the top.
-    tree = ast.parse("import a.low\n\ndef f():\n    from a import high\n")
+    tree = ast.parse("import a.low\nfrom a import thing\n\ndef f():\n    from a import high\n")
     assert _imports("a.mid", tree, {"a", "a.low", "a.mid", "a.high"}) == {"a", "a.low", "a.high"}
     assert _layer_of("penguins.adapter.guard", [["service"], ["penguins.adapter.*"]]) == 1
