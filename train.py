@@ -229,59 +229,5 @@ def _save_all(trained_models: list[Any], args: argparse.Namespace, table: Any) -
     return rejected
 
 
-def _training_data(data: str | None) -> tuple[Any, str]:
-    """The frame to train on and the source its models' provenance names: `--data`'s clean table, or the bundled
-    CSV."""
-    if data:
-        from penguins.db import clean_source, load_clean
-
-        return load_clean(data), clean_source(data)
-    from penguins.data import BUNDLED_SOURCE, load_penguins
-
-    return load_penguins(), BUNDLED_SOURCE
-
-
-def _train_all(console: Any, classifiers: list, frame: Any, seed: int, source: str) -> list:
-    """Every classifier trained, none saved yet, with a progress bar on a terminal."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from penguins.training import train
-
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
-        TimeElapsedColumn(),
-    )
-    trained_models = []
-    with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as progress:
-        task = progress.add_task("training", total=len(classifiers))
-        for name, classifier in classifiers:
-            progress.update(task, description=f"training {name}")
-            trained = train(name, frame, seed, classifier=classifier)
-            trained.provenance["data_source"] = source
-            trained_models.append(trained)
-            progress.advance(task)
-    return trained_models
-
-
-def _save(trained: Any, args: argparse.Namespace, table: Any) -> str | None:
-    """Save one trained model through the gate and add its row to `table`; what the gate said when it rejected it."""
-    from penguins.gate import save_gated
-
-    tag, decision = save_gated(trained, args.tolerance, gate=not args.no_gate)
-    m = trained.metrics
-    table.add_row(
-        trained.algorithm,
-        f"{m['cv_accuracy_mean']:.3f} ± {m['cv_accuracy_std']:.3f}",
-        f"{m['test_accuracy']:.3f}",
-        f"{m['macro_f1']:.3f}",
-        "onnx" if trained.onnx else "sklearn",
-        decision.status if decision.served_score is None else f"{decision.status} (served {decision.served_score:.3f})",
-        tag,
-    )
-    return None if decision.promoted else f"{tag} ({decision.reason})"
-
-
 if __name__ == "__main__":
     sys.exit(main())
