@@ -27,8 +27,8 @@ from penguins.http import admission, front, hints, metrics, openapi
 from penguins.listing import ModelListing, ReloadReport, listing, report
 from penguins.logs import quiet_client_errors
 from penguins.names import MODEL_ROUTE_PREFIX
-from penguins.predlog import worker_index
 from penguins.registry import get_registry
+from penguins.replica import worker_index
 from penguins.serving import server_config
 from penguins.settings import get_settings
 from penguins.startup import startup_line
@@ -107,7 +107,8 @@ class PenguinClassifier:
     def models(self) -> ModelListing:
         """List the served models with their metrics and routes, the versions the gate rejected, the store entries
         that failed to load, and the penguin-named models that are not served (skipped) with the call that would."""
-        return listing(self.registry.sync(), self.registry.status(), self.adapter)
+        registry = self.registry
+        return listing(registry.sync(), registry.status(), registry.repository_status(), self.adapter)
 
     @bentoml.api
     async def reload(self) -> ReloadReport:
@@ -119,7 +120,8 @@ class PenguinClassifier:
     def _reload_now(self) -> ReloadReport:
         before = self.registry.snapshot
         change = self.registry.reload()
-        return report(change, before, self.registry.snapshot, self.registry.status())
+        registry = self.registry
+        return report(change, before, registry.snapshot, registry.status(), registry.repository_status())
 
 
 for _api in PenguinClassifier.apis.values():

@@ -7,7 +7,7 @@ import bentoml
 from penguins import adapter
 from penguins.api_types import Penguins, Predictions
 from penguins.contract import Prediction
-from penguins.predlog import worker_index
+from penguins.replica import worker_index
 from penguins.serving import server_config
 from penguins.settings import get_settings
 

@@ -17,9 +17,9 @@ from penguins.adapter import VALIDATED, VALIDATED_JSON
 from penguins.errors import ServingError
 from penguins.http.asgi import send_json
 from penguins.names import MODEL_ROUTE_PREFIX, default_store_dir
-from penguins.predlog import PredictionLog, worker_index
+from penguins.predlog import PredictionLog
 from penguins.registry import get_registry
-from penguins.replica import replica_name
+from penguins.replica import replica_name, worker_index
 from penguins.routes import ModelRoutes
 from penguins.settings import Settings, get_settings
 

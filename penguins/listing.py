@@ -10,7 +10,6 @@ from pydantic import BaseModel, Field
 from penguins import adapter
 from penguins.loaded import LoadedModel
 from penguins.names import route_of
-from penguins.predlog import worker_index
 from penguins.refresh import Change
 from penguins.replica import ReplicaStatus
 from penguins.scan import Failure, Skipped
@@ -42,15 +41,6 @@ class RejectedInfo(BaseModel):
     gate: dict[str, Any] = Field(description="The promotion gate's decision: scores compared, tolerance, reason")
 
 
-class ReplicaInfo(BaseModel):
-    name: str = Field(description="PENGUINS_REPLICA_NAME, else the host (container) name")
-    worker: int | None
-    store: str
-    sync_interval_seconds: float | None = Field(description="How often this worker checks the signals by itself")
-    last_check: str | None
-    signal_error: str | None = Field(description="The reload signal could not be read or written: why")
-
-
 class ModelListing(BaseModel):
     default: str | None
     models: list[ModelInfo]
@@ -61,7 +51,7 @@ class ModelListing(BaseModel):
     skipped: list[Skipped] = Field(
         default_factory=list, description="Penguin-named models in the store that are not served, and why"
     )
-    replica: ReplicaInfo | None = Field(
+    replica: ReplicaStatus | None = Field(
         default=None, description="Which replica and worker answered, and its sync", json_schema_extra=NULLABLE
     )
     repository: RepositoryStatus | None = Field(
@@ -107,19 +97,11 @@ METRIC_KEYS = (
 )
 
 
-def replica_info(status: ReplicaStatus) -> ReplicaInfo:
-    return ReplicaInfo(
-        name=status.name,
-        worker=worker_index(),
-        store=status.store,
-        sync_interval_seconds=status.sync_interval_seconds,
-        last_check=status.last_check,
-        signal_error=status.signal_error,
-    )
-
-
 def listing(
-    snapshot: Snapshot, status: ReplicaStatus | None = None, fixes: adapter.AdapterStatus | None = None
+    snapshot: Snapshot,
+    replica: ReplicaStatus | None = None,
+    repository: RepositoryStatus | None = None,
+    fixes: adapter.AdapterStatus | None = None,
 ) -> ModelListing:
     best = snapshot.best()
 
@@ -151,13 +133,19 @@ def listing(
             for r in snapshot.rejected
         ],
         skipped=list(snapshot.skipped),
-        replica=replica_info(status) if status else None,
-        repository=status.repository if status else None,
+        replica=replica,
+        repository=repository,
         fixes=fixes,
     )
 
 
-def report(change: Change, before: Snapshot, after: Snapshot, status: ReplicaStatus | None = None) -> ReloadReport:
+def report(
+    change: Change,
+    before: Snapshot,
+    after: Snapshot,
+    replica: ReplicaStatus | None = None,
+    repository: RepositoryStatus | None = None,
+) -> ReloadReport:
     best = after.best()
     old, new = before.routes(), after.routes()
     return ReloadReport(
@@ -170,7 +158,7 @@ def report(change: Change, before: Snapshot, after: Snapshot, status: ReplicaSta
         default=best.tag if best else None,
         routes_added=sorted(new.keys() - old.keys()),
         routes_removed=sorted(old.keys() - new.keys()),
-        replica=status.name if status else None,
+        replica=replica.name if replica else None,
         signal=change.signal,
-        repository=status.repository if status else None,
+        repository=repository,
     )

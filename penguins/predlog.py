@@ -129,9 +129,3 @@ def failures_counter() -> Any:
     from prometheus_client import Counter
 
     return Counter("penguins_prediction_log_failures", "Prediction-log lines that could not be written")
-
-
-def worker_index() -> int | None:
-    from bentoml import server_context
-
-    return server_context.worker_index

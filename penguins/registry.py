@@ -15,11 +15,11 @@ from penguins.bucket import Repository
 from penguins.loaded import LoadedModel
 from penguins.names import default_store_dir
 from penguins.refresh import Change, refresh
-from penguins.replica import ReplicaStatus, replica_name
+from penguins.replica import ReplicaStatus, replica_name, worker_index
 from penguins.settings import get_settings
 from penguins.signals import LocalSignals, Signal
 from penguins.snapshot import Snapshot
-from penguins.upstream import Upstream, now
+from penguins.upstream import RepositoryStatus, Upstream, now
 
 logger = logging.getLogger(__name__)
 
@@ -120,12 +120,15 @@ class Registry:
         problems = self.signals.problems(with_repository=self.upstream is not None)
         return ReplicaStatus(
             name=self.replica,
+            worker=worker_index(),
             store=str(self.store_dir),
             sync_interval_seconds=self._interval,
             last_check=self._last_check,
             signal_error="; ".join(problems) or None,
-            repository=self.upstream.status() if self.upstream else None,
         )
+
+    def repository_status(self) -> RepositoryStatus | None:
+        return self.upstream.status() if self.upstream else None
 
     def _run(self) -> None:
         assert self._interval is not None
