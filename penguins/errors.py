@@ -26,12 +26,21 @@ class ServingError(Exception):
         self.details = details
 
     def body(self) -> bytes:
+        """The one shape of every error answer, wherever it is sent from."""
         return json.dumps({"error": self.message, **self.details}).encode()
 
     def response(self):
         from starlette.responses import Response
 
         return Response(self.body(), status_code=self.status, media_type="application/json")
+
+
+class Refused(ServingError):
+    """A refusal before the app runs (a guard's or the gateway's), with its own status."""
+
+    def __init__(self, status: int, message: str, **details: Any):
+        super().__init__(message, **details)
+        self.status = status
 
 
 class NoModelLoaded(ServingError):

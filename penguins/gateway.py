@@ -14,8 +14,8 @@ from typing import Any
 import anyio
 
 from penguins.adapter import VALIDATED, VALIDATED_JSON
-from penguins.errors import ServingError
-from penguins.http.asgi import send_json
+from penguins.errors import Refused
+from penguins.http.asgi import send_error
 from penguins.names import MODEL_ROUTE_PREFIX, default_store_dir
 from penguins.predlog import PredictionLog
 from penguins.registry import get_registry
@@ -26,20 +26,13 @@ from penguins.settings import Settings, get_settings
 logger = logging.getLogger(__name__)
 
 
-class Refused(ServingError):
-    """An answer the gateway gives before BentoML sees the request."""
-
-    def __init__(self, status: int, message: str, **details: Any):
-        super().__init__(message, **details)
-        self.status = status
-
-
 class Gateway:
     """Pure ASGI middleware in front of BentoML's routes.
 
     - catches the worker up with a reload another worker did (one stat() per request otherwise), and makes the
       app's per-model routes follow what the worker serves (penguins.routes);
-    - refuses bodies over the configured size from Content-Length, and while streaming, before parsing;
+    - refuses a body whose Content-Length is over the configured size (one without is bounded as it is read, in
+      penguins.http.admission);
     - answers a per-model route of a model that is not served with a JSON 404 naming the served ones (503 when none
       is), before BentoML would answer a text/plain 404;
     - requires the admin bearer token, when configured, on state-changing routes;
@@ -84,12 +77,12 @@ class Gateway:
             supplied = headers.get(b"authorization", b"")
             if not hmac.compare_digest(supplied, b"Bearer " + self.token):
                 refused = Refused(401, f"{path} needs the admin bearer token")
-                return await _respond(send, refused, extra_headers=[(b"www-authenticate", b"Bearer")])
+                return await send_error(send, refused, [(b"www-authenticate", b"Bearer")])
 
         limit = self.settings.max_body_bytes
         declared = headers.get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
-            return await _respond(send, Refused(413, f"request body over {limit} bytes", limit_bytes=limit))
+            return await send_error(send, Refused(413, f"request body over {limit} bytes", limit_bytes=limit))
 
         registry = get_registry()
         if registry.is_stale():
@@ -99,14 +92,8 @@ class Gateway:
         typed = path in self.routes.by_route
         if not typed and path.startswith(MODEL_ROUTE_PREFIX):
             requested = path.removeprefix(MODEL_ROUTE_PREFIX).replace("_", "-")[:80]
-            return await _respond(send, snapshot.not_served(requested))
+            return await send_error(send, snapshot.not_served(requested))
 
-        if declared is None and scope.get("method") == "POST":
-            # No Content-Length (chunked): read it here, bounded, and replay it; BentoML buffers it whole anyway.
-            body = await _read_bounded(receive, limit)
-            if body is None:
-                return await _respond(send, Refused(413, f"request body over {limit} bytes", limit_bytes=limit))
-            receive = _replay(body, receive)
         predicts = scope["method"] == "POST" and (typed or path == "/classify")  # not a CORS preflight, say
         log = self.prediction_log() if predicts else None
         if log is not None:
@@ -146,36 +133,3 @@ def _validated_json(scope: dict[str, Any]) -> bytes | None:
     validated = scope.get(VALIDATED)
     # warnings=False: columns arrive as PenguinRows (one tuple per penguin), written as lists, as validated
     return None if validated is None else validated.__pydantic_serializer__.to_json(validated, warnings=False)
-
-
-async def _read_bounded(receive: Callable[..., Any], limit: int) -> bytes | None:
-    """The whole request body, or None as soon as it passes `limit` bytes."""
-    chunks, size = [], 0
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            return b"".join(chunks)
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
-
-
-def _replay(body: bytes, receive: Callable[..., Any]) -> Callable[..., Any]:
-    sent = False
-
-    async def replayed() -> dict[str, Any]:
-        nonlocal sent
-        if sent:
-            return await receive()  # what comes after the body: a disconnect
-        sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    return replayed
-
-
-async def _respond(send: Callable[..., Any], error: ServingError, extra_headers: list | None = None) -> None:
-    await send_json(send, error.status, error.body(), headers=extra_headers or ())

@@ -91,7 +91,7 @@ def train(overrides: dict[str, Any] | None = None) -> dict[str, Any]:
 def gate(trained: dict[str, Any], overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Save each candidate `train` left, labelled promoted or rejected against the served version, from a fresh
     interpreter: Airflow's task processes import dill, and a pipeline pickled where dill is imported needs dill to
-    load (training._save refuses to save there)."""
+    load (saving.save refuses to save there)."""
     request = json.dumps({"trained": trained, "overrides": overrides})
     done = subprocess.run(
         [sys.executable, "-m", "penguins.pipeline", "gate"], input=request, capture_output=True, text=True

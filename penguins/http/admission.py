@@ -1,5 +1,6 @@
-"""Bulk admission: each POST body read whole before the app does, and a bound on the bulk ones a worker works
-on at once, the next ones waiting their turn with their bodies unread."""
+"""The one reader of request bodies: each POST body read whole before the app does, bounded by the body limit
+(413 past it, Content-Length or not), and a bound on the bulk ones a worker works on at once, the next ones waiting
+their turn with their bodies unread."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from penguins.http.asgi import header, respond
+from penguins.errors import Refused
+from penguins.http.asgi import header, send_error
 from penguins.http.routing import ASGIApp
 from penguins.settings import Settings, get_settings
 
@@ -38,9 +40,12 @@ class Bodies:
         if bulk and not await self._take_turn():
             return await self._busy(send)
         try:
-            body = await _read_whole(receive)
+            limit = self.settings.max_body_bytes
+            body = await _read_whole(receive, limit)
             if body is None:
                 return  # the client left mid-body: nobody to answer, nothing to count as an error
+            if body is TOO_LARGE:  # chunked, or longer than it said: refused before BentoML buffers the rest
+                return await send_error(send, Refused(413, f"request body over {limit} bytes", limit_bytes=limit))
             if not bulk and len(body) >= self.settings.bulk_body_bytes:  # chunked: known only now
                 if not await self._take_turn():
                     return await self._busy(send)
@@ -76,26 +81,31 @@ class Bodies:
 
     async def _busy(self, send: Callable[..., Any]) -> None:
         retry = self.settings.bulk_retry_after_s
-        await respond(
-            send,
+        busy = Refused(
             429,
-            {
-                "error": f"this server works on {self.settings.bulk_concurrency} bulk request(s) at a time and "
-                f"{len(self.bulk_waiting)} are waiting their turn: retry later",
-                "retry_after_s": retry,
-            },
-            [(b"retry-after", str(retry).encode())],
+            f"this server works on {self.settings.bulk_concurrency} bulk request(s) at a time and "
+            f"{len(self.bulk_waiting)} are waiting their turn: retry later",
+            retry_after_s=retry,
         )
+        await send_error(send, busy, [(b"retry-after", str(retry).encode())])
 
 
-async def _read_whole(receive: Callable[..., Any]) -> bytes | None:
-    """A request's whole body; None when the client disconnects before its end."""
+TOO_LARGE: Any = object()  # the body passed the limit (its rest is not read)
+
+
+async def _read_whole(receive: Callable[..., Any], limit: int) -> Any:
+    """A request's whole body; None when the client disconnects before its end; TOO_LARGE once it passes `limit`."""
     chunks: list[bytes] = []
+    size = 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             return None
-        chunks.append(message.get("body", b""))
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return TOO_LARGE
+        chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
 

@@ -1,19 +1,21 @@
-"""The small ASGI pieces every guard shares: the one writer of a JSON answer, and header reads."""
+"""The small ASGI pieces every guard shares: the one writer of a JSON answer (an error's body is its own,
+`ServingError.body`), and header reads."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable
 from typing import Any
+
+from penguins.errors import ServingError
 
 JSON_TYPES = ("application/json",)
 
 
-async def respond(
-    send: Callable[..., Any], status: int, body: dict[str, Any], headers: Iterable[tuple[bytes, bytes]] = ()
+async def send_error(
+    send: Callable[..., Any], error: ServingError, headers: Iterable[tuple[bytes, bytes]] = ()
 ) -> None:
-    """The one writer of a JSON answer: `{"error": ..., ...}` for every refusal, the documents from their cache."""
-    await send_json(send, status, json.dumps(body).encode(), headers=headers)
+    """A refusal or an error, as every one is answered: its status and `ServingError.body`."""
+    await send_json(send, error.status, error.body(), headers=headers)
 
 
 async def send_json(

@@ -10,7 +10,8 @@ from collections.abc import Callable
 from typing import Any
 
 from penguins.adapter import DRAINING
-from penguins.http.asgi import JSON_TYPES, has_body, header, is_json, respond
+from penguins.errors import Refused
+from penguins.http.asgi import JSON_TYPES, has_body, header, is_json, send_error
 from penguins.http.docs_page import DOCS_FILES, docs_file
 from penguins.http.routing import ASGIApp, RouteTable
 from penguins.settings import Settings, get_settings
@@ -38,22 +39,21 @@ class Front:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         if DRAINING.is_set():  # shutting down: finish what is in flight, send the rest elsewhere, cleanly
-            return await respond(
+            return await send_error(
                 send,
-                503,
-                {"error": "this server is shutting down: retry (elsewhere)"},
+                Refused(503, "this server is shutting down: retry (elsewhere)"),
                 [(b"connection", b"close"), (b"retry-after", b"1")],
             )
         request_ids = [value for key, value in scope["headers"] if key == b"x-request-id"]
         if request_ids and (len(request_ids) > 1 or not _echoable(request_ids[0])):
-            return await respond(
+            return await send_error(
                 send,
-                400,
-                {
-                    "error": f"x-request-id must be given once, 1 to {REQUEST_ID_MAX} visible ASCII characters (it is "
-                    "echoed back and logged)",
-                    "field": "x-request-id",
-                },
+                Refused(
+                    400,
+                    f"x-request-id must be given once, 1 to {REQUEST_ID_MAX} visible ASCII characters (it is echoed "
+                    "back and logged)",
+                    field="x-request-id",
+                ),
             )
         method, path = scope["method"], scope["path"]
         if method in ("GET", "HEAD") and path in DOCS_FILES:
@@ -62,24 +62,21 @@ class Front:
             return await self.app(scope, receive, send)  # a CORS preflight: BentoML's CORS middleware, further in
         route, allowed = self.routes.match(scope)
         if route is None and allowed:
-            return await respond(
+            return await send_error(
                 send,
-                405,
-                {"error": f"{method} is not allowed on {path}", "allowed": sorted(allowed)},
+                Refused(405, f"{method} is not allowed on {path}", allowed=sorted(allowed)),
                 [(b"allow", ", ".join(sorted(allowed)).encode())],
             )
         if route is None and not path.startswith(self.runtime_prefixes):
-            return await respond(send, 404, {"error": f"no route {path}: see /docs.json for the API"})
+            return await send_error(send, Refused(404, f"no route {path}: see /docs.json for the API"))
         content_type = header(scope, b"content-type")
         # A body, or a type declared without one (BentoML would parse multipart/form-data with no boundary and 500).
         if method == "POST" and (has_body(scope) or content_type is not None) and not is_json(content_type):
-            return await respond(
+            return await send_error(
                 send,
-                415,
-                {
-                    "error": "the request body must be JSON (Content-Type: application/json)",
-                    "accepted": list(JSON_TYPES),
-                },
+                Refused(
+                    415, "the request body must be JSON (Content-Type: application/json)", accepted=list(JSON_TYPES)
+                ),
             )
         await self.app(scope, receive, send)
 

@@ -20,7 +20,8 @@ import anyio.to_thread
 import prometheus_client
 from prometheus_client import multiprocess
 
-from penguins.http.asgi import respond
+from penguins.errors import Refused
+from penguins.http.asgi import send_error
 from penguins.http.routing import ASGIApp, RouteTable
 
 UNMATCHED_PATH = "<unmatched>"  # the endpoint label of every path no route takes
@@ -74,8 +75,8 @@ class Metrics:
             if scope["method"] in ("GET", "HEAD"):
                 return await _render(send, head=scope["method"] == "HEAD")
             allowed = ["GET", "HEAD"]
-            error = {"error": f"{scope['method']} is not allowed on {PATH}", "allowed": allowed}
-            return await respond(send, 405, error, [(b"allow", ", ".join(allowed).encode())])
+            refused = Refused(405, f"{scope['method']} is not allowed on {PATH}", allowed=allowed)
+            return await send_error(send, refused, [(b"allow", ", ".join(allowed).encode())])
         route, _ = self.routes.match(scope)
         endpoint = route or UNMATCHED_PATH
         series = _series()
