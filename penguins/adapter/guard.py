@@ -24,7 +24,7 @@ from pydantic import BaseModel, Field
 logger = logging.getLogger("penguins.adapter")
 
 # The versions the whole suite (and CI's upgrade canary) has passed on, per library whose internals are patched.
-TESTED: dict[str, tuple[str, ...]] = {"bentoml": ("1.4.39", "1.4.40"), "uvicorn": ("0.54.0",)}
+TESTED: dict[str, tuple[str, ...]] = {"bentoml": ("1.4.39", "1.4.40"), "uvicorn": ("0.54.0", "0.55.0")}
 
 
 @dataclass(frozen=True)
