@@ -107,7 +107,7 @@ def test_one_reload_reaches_every_worker(tmp_path):
 
 def test_keep_alive_connections_spread_over_both_workers(tmp_path):
     """A burst of connections that stay open (as a load generator's) must not all land on one worker: each worker
-    listens on a socket of its own (penguins.workarounds.spread_connections) and both hold some of them."""
+    listens on a socket of its own (penguins.adapter.spread_connections) and both hold some of them."""
     home = tmp_path / "home"
     run_train(home, "--models", "logistic-regression")
     with serve(home, tmp_path / "serve.log", PENGUINS_WORKERS="2") as url:

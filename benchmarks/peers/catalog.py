@@ -197,7 +197,7 @@ def export(home: Path, model_name: str, dest: Path) -> list[str]:
 
 @contextlib.contextmanager
 def serve_peer(peer: Peer, model: Path, workers: int, logs: Path) -> Iterator[Any]:
-    """Start one peer on a free loopback port in its environment; yields its base URL (a penguins.testing.Server)."""
+    """Start one peer on a free loopback port in its environment; yields its base URL (a tests.harness.Server)."""
     python = environment(peer.name)
     port = free_port()
     scratch = Path(tempfile.mkdtemp(prefix=f"peer-{peer.name}-", dir=logs))

@@ -1,4 +1,4 @@
-"""The front guard (outermost of ours): the cheap refusals and the fixed answers, before anything parses a body.
+"""The front guard (inside the metrics, the outermost): the cheap refusals and fixed answers, before any body.
 
 Refuses an `x-request-id` it could not echo byte for byte; answers 404/405 in JSON for paths and methods no route
 takes; refuses with 415 a non-JSON request body, and a non-JSON type declared without one; serves the docs page at `/`
